@@ -1,0 +1,240 @@
+"""Two-stream layers: one module owns the upward (bottom-up / forward) map and
+the downward (top-down / feedback) map of mirrored shape.
+
+Every learning rule in the library runs on these layers. A rule only chooses
+which stream to run, with which gates, and what each layer learns from.
+
+Weight modes (constructor choice, see ``WeightMode``):
+
+* ``shared``     -- the downward map uses the upward parameter itself
+  (``W^T`` for a linear layer, the transposed convolution of ``W`` for a conv):
+  exact symmetry, no extra parameters.
+* ``symmetric``  -- a separate trainable feedback weight initialised as a copy of ``W``.
+* ``asymmetric`` -- a separate trainable feedback weight initialised independently.
+* ``fixed``      -- a separate random feedback weight that is never trained
+  (a buffer, so it is saved with the model but optimizers never see it).
+
+The feedback weight is stored *in the layout of the forward weight*
+(``out x in`` for linear, ``out x in x kH x kW`` for conv), so that symmetry
+means ``feedback_weight == weight`` and alignment metrics compare like with like.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Literal, get_args
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+WeightMode = Literal["shared", "symmetric", "asymmetric", "fixed"]
+WEIGHT_MODES: tuple[str, ...] = get_args(WeightMode)
+
+
+def _kaiming_uniform_(weight: Tensor) -> Tensor:
+    """PyTorch's default ``nn.Linear`` / ``nn.Conv2d`` weight initialisation."""
+    return nn.init.kaiming_uniform_(weight, a=math.sqrt(5))
+
+
+def _uniform_bias_(bias: Tensor, fan_in: int) -> Tensor:
+    bound = 1.0 / math.sqrt(fan_in) if fan_in > 0 else 0.0
+    return nn.init.uniform_(bias, -bound, bound)
+
+
+class TwoStreamLayer(nn.Module):
+    """Base class of the two-stream layers.
+
+    Subclasses implement ``up`` (bottom-up map) and ``down`` (top-down map, the
+    mirror of ``up``: it takes a tensor shaped like ``up``'s output and returns
+    one shaped like ``up``'s input). ``forward`` is ``up``, so a two-stream
+    network is also an ordinary PyTorch network.
+    """
+
+    def up(self, x: Tensor) -> Tensor:
+        raise NotImplementedError
+
+    def down(self, y: Tensor, use_bias: bool = True) -> Tensor:
+        raise NotImplementedError
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.up(x)
+
+
+class _WeightedTwoStreamLayer(TwoStreamLayer):
+    """A two-stream layer with a forward weight, a feedback weight chosen by
+    ``weight_mode`` and optional biases in both streams.
+
+    Args:
+        weight_shape: shape of the forward weight.
+        fan_in: fan-in of the forward map (for bias initialisation).
+        fan_out_down: fan-in of the downward map, i.e. the forward map's
+            number of output units per input position (for the TD bias).
+        bias: whether the forward map has a bias; a trainable separate
+            feedback weight (``symmetric`` / ``asymmetric``) then also gets a
+            top-down bias with one entry per input channel.
+        weight_mode: see the module docstring.
+    """
+
+    def __init__(
+        self,
+        weight_shape: tuple[int, ...],
+        fan_in: int,
+        fan_out_down: int,
+        bias: bool,
+        weight_mode: WeightMode,
+    ) -> None:
+        super().__init__()
+        if weight_mode not in WEIGHT_MODES:
+            raise ValueError(f"weight_mode must be one of {WEIGHT_MODES}, got {weight_mode!r}")
+        self.weight_mode: WeightMode = weight_mode
+        self.weight = nn.Parameter(_kaiming_uniform_(torch.empty(weight_shape)))
+        self.bias = nn.Parameter(_uniform_bias_(torch.empty(weight_shape[0]), fan_in)) if bias else None
+
+        if weight_mode == "symmetric":
+            self._feedback_weight = nn.Parameter(self.weight.detach().clone())
+        elif weight_mode == "asymmetric":
+            self._feedback_weight = nn.Parameter(_kaiming_uniform_(torch.empty(weight_shape)))
+        elif weight_mode == "fixed":
+            self.register_buffer("_feedback_weight", _kaiming_uniform_(torch.empty(weight_shape)))
+        else:
+            self._feedback_weight = None
+
+        trainable_feedback = weight_mode in ("symmetric", "asymmetric")
+        self.feedback_bias = (
+            nn.Parameter(_uniform_bias_(torch.empty(weight_shape[1]), fan_out_down))
+            if bias and trainable_feedback
+            else None
+        )
+
+    @property
+    def feedback_weight(self) -> Tensor:
+        """Feedback weight in the forward weight's layout (``weight`` itself when shared)."""
+        return self.weight if self._feedback_weight is None else self._feedback_weight
+
+    def extra_repr(self) -> str:
+        return f"weight_mode={self.weight_mode}, bias={self.bias is not None}"
+
+
+class TwoStreamLinear(_WeightedTwoStreamLayer):
+    """Linear layer with a mirrored top-down map.
+
+    ``up``:   ``(N, in) -> (N, out)``,  ``y = x W^T + b``.
+    ``down``: ``(N, out) -> (N, in)``,  ``x_bar = y_bar Wb + b_bar`` where ``Wb`` is
+    the feedback weight in the forward layout, so ``Wb = W`` is exact symmetry.
+    """
+
+    def __init__(
+        self,
+        in_features: int,
+        out_features: int,
+        bias: bool = True,
+        weight_mode: WeightMode = "shared",
+    ) -> None:
+        super().__init__((out_features, in_features), in_features, out_features, bias, weight_mode)
+        self.in_features = in_features
+        self.out_features = out_features
+
+    def up(self, x: Tensor) -> Tensor:
+        return F.linear(x, self.weight, self.bias)
+
+    def down(self, y: Tensor, use_bias: bool = True) -> Tensor:
+        out = y @ self.feedback_weight
+        if use_bias and self.feedback_bias is not None:
+            out = out + self.feedback_bias
+        return out
+
+    def extra_repr(self) -> str:
+        return f"in_features={self.in_features}, out_features={self.out_features}, " + super().extra_repr()
+
+
+def _pair(value: int | tuple[int, int]) -> tuple[int, int]:
+    return (value, value) if isinstance(value, int) else (int(value[0]), int(value[1]))
+
+
+def conv_output_size(size: int, kernel: int, stride: int, padding: int, dilation: int) -> int:
+    """Spatial output size of a convolution along one axis."""
+    return (size + 2 * padding - dilation * (kernel - 1) - 1) // stride + 1
+
+
+class TwoStreamConv2d(_WeightedTwoStreamLayer):
+    """2-D convolution whose top-down map is the transposed convolution.
+
+    ``up``:   ``(N, C_in, H, W) -> (N, C_out, H', W')`` (any stride / padding / dilation).
+    ``down``: ``(N, C_out, H', W') -> (N, C_in, H, W)`` = ``conv_transpose2d`` with the
+    feedback weight and the same geometry; ``output_padding`` is chosen from
+    ``input_size`` so the top-down output has exactly the bottom-up input's shape
+    (with ``Wb = W`` this is the adjoint of ``up``).
+
+    Args:
+        input_size: ``(H, W)`` of the bottom-up input. Needed whenever the
+            stride does not divide the input evenly; networks pass it.
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size: int | tuple[int, int],
+        stride: int | tuple[int, int] = 1,
+        padding: int | tuple[int, int] = 0,
+        dilation: int | tuple[int, int] = 1,
+        bias: bool = True,
+        weight_mode: WeightMode = "shared",
+        input_size: tuple[int, int] | None = None,
+    ) -> None:
+        k, s, p, d = _pair(kernel_size), _pair(stride), _pair(padding), _pair(dilation)
+        fan_in = in_channels * k[0] * k[1]
+        fan_out = out_channels * k[0] * k[1]
+        super().__init__((out_channels, in_channels, *k), fan_in, fan_out, bias, weight_mode)
+        self.in_channels, self.out_channels = in_channels, out_channels
+        self.kernel_size, self.stride, self.padding, self.dilation = k, s, p, d
+        self.input_size = None if input_size is None else _pair(tuple(input_size))
+        self.output_padding = (0, 0)
+        if self.input_size is not None:
+            self.output_padding = tuple(  # type: ignore[assignment]
+                size - ((conv_output_size(size, k_, s_, p_, d_) - 1) * s_ - 2 * p_ + d_ * (k_ - 1) + 1)
+                for size, k_, s_, p_, d_ in zip(self.input_size, k, s, p, d, strict=True)
+            )
+
+    @property
+    def output_size(self) -> tuple[int, int]:
+        """``(H', W')`` of the bottom-up output (requires ``input_size``)."""
+        if self.input_size is None:
+            raise ValueError("output_size needs the layer's input_size")
+        return tuple(  # type: ignore[return-value]
+            conv_output_size(*args)
+            for args in zip(self.input_size, self.kernel_size, self.stride, self.padding, self.dilation, strict=True)
+        )
+
+    def up(self, x: Tensor) -> Tensor:
+        return F.conv2d(x, self.weight, self.bias, self.stride, self.padding, self.dilation)
+
+    def down(self, y: Tensor, use_bias: bool = True) -> Tensor:
+        bias = self.feedback_bias if use_bias else None
+        return F.conv_transpose2d(
+            y, self.feedback_weight, bias, self.stride, self.padding, self.output_padding, 1, self.dilation
+        )
+
+    def extra_repr(self) -> str:
+        return (
+            f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, "
+            f"stride={self.stride}, padding={self.padding}, " + super().extra_repr()
+        )
+
+
+class TwoStreamFlatten(TwoStreamLayer):
+    """``up``: ``(N, *shape) -> (N, prod(shape))``; ``down`` restores ``(N, *shape)``."""
+
+    def __init__(self, shape: tuple[int, ...]) -> None:
+        super().__init__()
+        self.shape = tuple(int(s) for s in shape)
+
+    def up(self, x: Tensor) -> Tensor:
+        return x.flatten(1)
+
+    def down(self, y: Tensor, use_bias: bool = True) -> Tensor:
+        return y.unflatten(1, self.shape)
+
+    def extra_repr(self) -> str:
+        return f"shape={self.shape}"
