@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from itertools import pairwise
 from typing import Literal
 
 from torch import Tensor, nn
@@ -49,9 +50,7 @@ class TwoStreamNetwork(nn.Module):
         activation: name of the bottom-up activation.
     """
 
-    def __init__(
-        self, layers: Sequence[TwoStreamLayer], activated: Sequence[bool], activation: Activation
-    ) -> None:
+    def __init__(self, layers: Sequence[TwoStreamLayer], activated: Sequence[bool], activation: Activation) -> None:
         super().__init__()
         if len(layers) != len(activated):
             raise ValueError("layers and activated must have the same length")
@@ -112,10 +111,7 @@ class MLP(TwoStreamNetwork):
     ) -> None:
         widths = [math.prod(input_shape), *hidden, num_classes]
         layers: list[TwoStreamLayer] = [TwoStreamFlatten(tuple(input_shape))]
-        layers += [
-            TwoStreamLinear(w_in, w_out, bias=bias, weight_mode=weight_mode)
-            for w_in, w_out in zip(widths[:-1], widths[1:], strict=True)
-        ]
+        layers += [TwoStreamLinear(w_in, w_out, bias=bias, weight_mode=weight_mode) for w_in, w_out in pairwise(widths)]
         activated = [False] + [True] * len(hidden) + [False]
         super().__init__(layers, activated, activation)
 
@@ -155,16 +151,19 @@ class ConvNet(TwoStreamNetwork):
         layers: list[TwoStreamLayer] = []
         for out_channels in channels:
             conv = TwoStreamConv2d(
-                c, out_channels, kernel_size, stride, padding,
-                bias=bias, weight_mode=weight_mode, input_size=(h, w),
+                c,
+                out_channels,
+                kernel_size,
+                stride,
+                padding,
+                bias=bias,
+                weight_mode=weight_mode,
+                input_size=(h, w),
             )
             layers.append(conv)
             c, (h, w) = out_channels, conv.output_size
         layers.append(TwoStreamFlatten((c, h, w)))
         widths = [c * h * w, *hidden, num_classes]
-        layers += [
-            TwoStreamLinear(w_in, w_out, bias=bias, weight_mode=weight_mode)
-            for w_in, w_out in zip(widths[:-1], widths[1:], strict=True)
-        ]
+        layers += [TwoStreamLinear(w_in, w_out, bias=bias, weight_mode=weight_mode) for w_in, w_out in pairwise(widths)]
         activated = [True] * len(channels) + [False] + [True] * len(hidden) + [False]
         super().__init__(layers, activated, activation)

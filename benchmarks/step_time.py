@@ -1,0 +1,123 @@
+"""Milliseconds per training step of BackProp on the 784-500-10 MLP: through
+Lightning versus a plain PyTorch loop on the same model, data and optimizer.
+
+    python benchmarks/step_time.py [--steps 600] [--batch-sizes 20 256] [--threads 2]
+
+Both paths draw batches from the same in-memory DataLoader, run forward, loss,
+backward and an Adam step, and update the same torchmetrics accuracy; the
+Lightning path also logs the loss and shows no progress bar (``--progress-bar``
+turns it on). Steps are timed after a warm-up, wall clock, median of ``--repeats``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import lightning as L
+import torch
+from torch.utils.data import DataLoader
+
+from lit_bioplaus import BackProp
+from lit_bioplaus.data import InMemoryDataset, collate
+from lit_bioplaus.nn import MLP
+
+INPUT_SHAPE, NUM_CLASSES = (1, 28, 28), 10
+
+
+def make_loader(batch_size: int, num_samples: int) -> DataLoader:
+    generator = torch.Generator().manual_seed(0)
+    images = torch.randint(0, 256, (num_samples, *INPUT_SHAPE), dtype=torch.uint8, generator=generator)
+    labels = torch.randint(0, NUM_CLASSES, (num_samples,), generator=generator)
+    dataset = InMemoryDataset(images, labels, mean=(0.5,), std=(0.25,))
+    return DataLoader(dataset, batch_size=batch_size, shuffle=True, collate_fn=collate)
+
+
+def make_model() -> BackProp:
+    return BackProp(
+        network=lambda shape, classes: MLP(shape, classes, hidden=[500]),
+        num_classes=NUM_CLASSES,
+        input_shape=INPUT_SHAPE,
+        optimizer=lambda params: torch.optim.Adam(params, lr=1e-4),
+    )
+
+
+class _StepTimer(L.Callback):
+    """Wall-clock time of the training steps after ``warmup`` steps."""
+
+    def __init__(self, warmup: int) -> None:
+        self.warmup = warmup
+        self.start = 0.0
+        self.end = 0.0
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        if trainer.global_step == self.warmup:
+            self.start = time.perf_counter()
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        self.end = time.perf_counter()
+
+
+def lightning_ms_per_step(batch_size: int, steps: int, warmup: int, progress_bar: bool) -> float:
+    model = make_model()
+    timer = _StepTimer(warmup)
+    trainer = L.Trainer(
+        max_steps=warmup + steps,
+        accelerator="cpu",
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=progress_bar,
+        enable_model_summary=False,
+        limit_val_batches=0,
+        callbacks=[timer],
+    )
+    trainer.fit(model, make_loader(batch_size, batch_size * (warmup + steps)))
+    return (timer.end - timer.start) / steps * 1e3
+
+
+def plain_ms_per_step(batch_size: int, steps: int, warmup: int) -> float:
+    model = make_model()
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-4)
+    model.train()
+    start = 0.0
+    for step, (x, target) in enumerate(make_loader(batch_size, batch_size * (warmup + steps))):
+        if step == warmup:
+            start = time.perf_counter()
+        optimizer.zero_grad()
+        logits = model(x)
+        loss = model.loss(logits, target)
+        loss.backward()
+        optimizer.step()
+        model.train_acc(logits.detach(), target)
+    return (time.perf_counter() - start) / steps * 1e3
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--steps", type=int, default=600)
+    parser.add_argument("--warmup", type=int, default=50)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--batch-sizes", type=int, nargs="+", default=[20, 256])
+    parser.add_argument("--threads", type=int, default=torch.get_num_threads())
+    parser.add_argument("--progress-bar", action="store_true")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+
+    rows = []
+    for batch_size in args.batch_sizes:
+        plain = statistics.median(plain_ms_per_step(batch_size, args.steps, args.warmup) for _ in range(args.repeats))
+        lightning = statistics.median(
+            lightning_ms_per_step(batch_size, args.steps, args.warmup, args.progress_bar) for _ in range(args.repeats)
+        )
+        rows.append((batch_size, plain, lightning, lightning / plain))
+
+    print(f"\nBackProp, MLP 784-500-10, Adam, CPU threads={args.threads}, {args.steps} timed steps")
+    print("| batch | plain PyTorch ms/step | Lightning ms/step | Lightning / plain |")
+    print("|------:|---------------------:|-----------------:|------------------:|")
+    for batch_size, plain, lightning, ratio in rows:
+        print(f"| {batch_size:5d} | {plain:20.3f} | {lightning:16.3f} | {ratio:17.2f} |")
+
+
+if __name__ == "__main__":
+    main()

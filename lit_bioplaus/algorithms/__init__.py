@@ -1,0 +1,7 @@
+"""Learning rules as LightningModules."""
+
+from lit_bioplaus.algorithms.backprop import BackProp
+from lit_bioplaus.algorithms.base import BioplausModule, classification_loss
+from lit_bioplaus.algorithms.counter_hebb import CounterHebb, FeedbackAlignment
+
+__all__ = ["BackProp", "BioplausModule", "CounterHebb", "FeedbackAlignment", "classification_loss"]

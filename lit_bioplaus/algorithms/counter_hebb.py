@@ -1,0 +1,176 @@
+"""Counter-Hebb learning (Abel & Ullman, NeurIPS 2024) and feedback-alignment baselines.
+
+Unguided Counter-Hebb learning (Algorithm 1 of the paper):
+
+1. bottom-up (BU) pass with ReLU, keeping every layer's input ``h_{l-1}`` and output ``h_l``;
+2. error at the output ``e = dLoss/dy`` (per sample: ``delta_L = N e``);
+3. top-down (TD) pass from ``delta_L`` through the layers' ``down`` maps with GaLU
+   gating by the BU activity (``delta_l = [h_l > 0] * delta_l``) and bias-blocking;
+4. Counter-Hebb update of every layer: ``dW_l = mean_n delta_l (x) h_{l-1}``,
+   ``db_l = mean_n delta_l``; a separate TD weight gets the same update transposed and
+   a TD bias ``mean_n h_{l-1}``.
+
+The update is *carried by autograd*: it is exactly the gradient of the detached bilinear
+lateral energy
+
+    E = 1/N sum_n sum_l ( <delta_l, f_l(h_{l-1})> + <h_{l-1}, fb_l(delta_l)> )
+
+(the second term only for trainable separate TD weights). One ``manual_backward(E)`` puts
+the update into ``param.grad``, so DDP all-reduces it, AMP scales and unscales it, and
+gradient clipping and weight decay see the true values. With ``shared`` or ``symmetric``
+weights the TD pass computes exactly the backprop deltas, so the update *is* the gradient.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from lit_bioplaus.algorithms.base import BioplausModule
+from lit_bioplaus.nn import TwoStreamLayer
+
+
+@dataclass
+class UpTrace:
+    """What the bottom-up pass keeps: per layer, its input and its (activated) output."""
+
+    inputs: list[Tensor]
+    outputs: list[Tensor]
+
+    @property
+    def logits(self) -> Tensor:
+        return self.outputs[-1]
+
+
+class CounterHebb(BioplausModule):
+    """Counter-Hebb learning on a two-stream network (manual optimization).
+
+    The network's weight mode selects the variant: ``shared`` (exact symmetry),
+    ``symmetric`` (separate TD weights initialised as ``W``), ``asymmetric``
+    (independent TD weights) or ``fixed`` (see ``FeedbackAlignment``).
+
+    Args:
+        weak_symmetry_sigma: if > 0, every update value is multiplied by independent
+            noise ``~ N(1, sigma)``, drawn separately for the BU and TD weights (the
+            same draw on every DDP rank, so ranks stay identical).
+        **kwargs: see ``BioplausModule``.
+    """
+
+    def __init__(self, weak_symmetry_sigma: float = 0.0, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.automatic_optimization = False
+        self.weak_symmetry_sigma = weak_symmetry_sigma
+
+    # --- the learning rule ---------------------------------------------------------------
+    @torch.no_grad()
+    def up_pass(self, x: Tensor) -> UpTrace:
+        """Bottom-up pass ``x -> y`` keeping each layer's input and activated output."""
+        network = self.network
+        trace = UpTrace([], [])
+        for layer, activated in zip(network.layers, network.activated, strict=True):
+            trace.inputs.append(x)
+            x = layer.up(x)
+            if activated:
+                x = network.activation(x)
+            trace.outputs.append(x)
+        return trace
+
+    def output_error(self, logits: Tensor, target: Tensor) -> tuple[Tensor, Tensor]:
+        """``(loss, delta_L)`` with ``delta_L = N dLoss/dy``, the per-sample output error
+        (``softmax(y) - onehot`` for CE, ``2/C (y - onehot)`` for MSE)."""
+        logits = logits.detach().to(torch.promote_types(logits.dtype, torch.float32))
+        logits.requires_grad_(True)
+        with torch.enable_grad():
+            loss = self.loss(logits, target)
+            (error,) = torch.autograd.grad(loss, logits)
+        return loss.detach(), error * logits.shape[0]
+
+    @torch.no_grad()
+    def down_pass(self, trace: UpTrace, delta: Tensor) -> list[Tensor]:
+        """Top-down pass of the output error with GaLU gating and bias-blocking.
+
+        Returns ``delta_l`` per layer: the gated TD value on the layer's output side,
+        shaped like ``trace.outputs[l]``.
+        """
+        network = self.network
+        deltas: list[Tensor] = [delta] * len(network.layers)
+        delta = delta.to(trace.logits.dtype)
+        for index in reversed(range(len(network.layers))):
+            if network.activated[index]:
+                delta = delta * (trace.outputs[index] > 0)
+            deltas[index] = delta
+            delta = network.layers[index].down(delta, use_bias=False)
+        return deltas
+
+    def lateral_energy(self, trace: UpTrace, deltas: list[Tensor]) -> Tensor:
+        """The detached bilinear energy ``E`` whose gradient is the Counter-Hebb update."""
+        energy = trace.logits.new_zeros((), dtype=torch.float32)
+        for layer, h_in, delta in zip(self.network.layers, trace.inputs, deltas, strict=True):
+            if not any(p.requires_grad for p in layer.parameters(recurse=False)):
+                continue
+            energy = energy + (delta * layer.up(h_in)).sum()
+            if _has_trainable_feedback(layer):
+                energy = energy + (h_in * layer.down(delta)).sum()
+        return energy / trace.logits.shape[0]
+
+    def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
+        x, target = batch
+        trace = self.up_pass(x)
+        loss, delta = self.output_error(trace.logits, target)
+        energy = self.lateral_energy(trace, self.down_pass(trace, delta))
+        optimizer = self.optimizers()
+        optimizer.zero_grad()
+        self.manual_backward(energy)
+        optimizer.step()
+        self.step_scheduler("step")
+        self.log_train_metrics(loss, trace.logits, target)
+        return loss
+
+    # --- Lightning hooks -----------------------------------------------------------------
+    def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
+        if self.weak_symmetry_sigma > 0:
+            self._apply_weak_symmetry_noise()
+
+    def on_train_epoch_end(self) -> None:
+        self.step_scheduler("epoch")
+
+    def step_scheduler(self, interval: str) -> None:
+        """Step the LR scheduler (manual optimization: Lightning does not)."""
+        scheduler = self.lr_schedulers()
+        if scheduler is None or interval != self.scheduler_interval:
+            return
+        if isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
+            scheduler.step(self.trainer.callback_metrics["val/loss"])
+        else:
+            scheduler.step()
+
+    @torch.no_grad()
+    def _apply_weak_symmetry_noise(self) -> None:
+        generator = torch.Generator(device=self.device)
+        generator.manual_seed(self.global_step)
+        for param in self.trainable_parameters():
+            if param.grad is not None and param.dim() > 1:
+                noise = torch.randn(param.shape, generator=generator, device=param.device)
+                param.grad.mul_(noise.mul_(self.weak_symmetry_sigma).add_(1.0))
+
+
+def _has_trainable_feedback(layer: TwoStreamLayer) -> bool:
+    feedback = getattr(layer, "_feedback_weight", None)
+    return isinstance(feedback, torch.nn.Parameter)
+
+
+class FeedbackAlignment(CounterHebb):
+    """Feedback alignment: the Counter-Hebb machinery with fixed random TD weights.
+
+    The network must be built with ``weight_mode: fixed``: its TD weights are buffers,
+    never updated; only the BU weights learn from the randomly projected error.
+    """
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        modes = {layer.weight_mode for layer in self.network.weighted_layers()}
+        if modes != {"fixed"}:
+            raise ValueError(f"FeedbackAlignment needs a network with weight_mode 'fixed', got {sorted(modes)}")

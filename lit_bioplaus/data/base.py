@@ -1,0 +1,305 @@
+"""The DataModule base class: whole splits held in memory, normalised a batch at a time."""
+
+from __future__ import annotations
+
+import copy
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any, ClassVar
+
+import lightning as L
+import torch
+from torch import Tensor
+from torch.utils.data import DataLoader, Dataset
+
+DEFAULT_DATA_DIR = "./data"
+
+
+class DatasetNotFoundError(FileNotFoundError):
+    """A data set's files are not on disk, and were not (or could not be) downloaded."""
+
+
+class InMemoryImageDataset(Dataset[tuple[Tensor, Tensor]]):
+    """Images and labels held in memory, normalised on access, a whole batch at once.
+
+    The DataLoader fetches batches through :meth:`__getitems__`, which indexes and
+    normalises the batch with a few tensor operations (no per-sample Python); use it
+    with ``collate_fn=`` :func:`collate`.
+
+    Args:
+        images: ``(N, C, H, W)`` uint8 images.
+        targets: ``(N,)`` int64 labels (``-1`` for unlabeled images).
+        mean: per-channel mean of the images scaled to ``[0, 1]``, length ``C``.
+        std: per-channel standard deviation, length ``C``.
+    """
+
+    def __init__(self, images: Tensor, targets: Tensor, mean: Sequence[float], std: Sequence[float]) -> None:
+        if images.dtype != torch.uint8 or images.ndim != 4:
+            raise ValueError(f"images must be (N, C, H, W) uint8, got {tuple(images.shape)} {images.dtype}")
+        if targets.shape != images.shape[:1]:
+            raise ValueError(f"{len(images)} images but targets of shape {tuple(targets.shape)}")
+        if not len(mean) == len(std) == images.shape[1]:
+            raise ValueError(f"mean and std need one value per channel ({images.shape[1]})")
+        self.images = images
+        self.targets = targets.long()
+        self.mean = torch.tensor(mean, dtype=torch.float32).view(-1, 1, 1)
+        self.std = torch.tensor(std, dtype=torch.float32).view(-1, 1, 1)
+        self.indices = torch.arange(len(images))
+
+    def subset(self, indices: Tensor) -> InMemoryImageDataset:
+        """The samples at ``indices`` (``(M,)`` int64), sharing this dataset's storage."""
+        subset = copy.copy(self)
+        subset.indices = self.indices[indices]
+        return subset
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitems__(self, indices: list[int]) -> tuple[Tensor, Tensor]:
+        """The batch at ``indices``: float32 images ``(B, C, H, W)``, normalised as
+        ``(x / 255 - mean) / std``, and int64 labels ``(B,)``."""
+        rows = self.indices[torch.as_tensor(indices, dtype=torch.long)]
+        images = self.images[rows].float().div_(255).sub_(self.mean).div_(self.std)
+        return images, self.targets[rows]
+
+    def __getitem__(self, index: int) -> tuple[Tensor, Tensor]:
+        """One sample: a float32 image ``(C, H, W)`` and its int64 label ``()``."""
+        images, targets = self.__getitems__([index])
+        return images[0], targets[0]
+
+
+def collate(batch: tuple[Tensor, Tensor]) -> tuple[Tensor, Tensor]:
+    """``collate_fn`` for :class:`InMemoryImageDataset`, whose ``__getitems__`` already
+    returns the stacked batch: passes it through."""
+    return batch
+
+
+def split_indices(n: int, fraction: float, seed: int) -> tuple[Tensor, Tensor]:
+    """Seeded random split of ``range(n)`` into ``(kept, held_out)`` index tensors, with
+    ``round(fraction * n)`` held out."""
+    permutation = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
+    n_held_out = round(fraction * n)
+    return permutation[n_held_out:], permutation[:n_held_out]
+
+
+class VisionDataModule(L.LightningDataModule, ABC):
+    """Base class of the image-classification DataModules.
+
+    ``setup`` loads a whole split into memory as ``(N, C, H, W)`` uint8 images and
+    ``(N,)`` int64 labels; batches come out as float32 images normalised with the
+    data set's ``mean`` and ``std``, and int64 labels. The training split is divided
+    into train and validation sets by a seeded random split; ``test_dataloader`` and
+    ``predict_dataloader`` serve the official test split.
+
+    The class attributes ``num_classes``, ``input_shape``, ``mean`` and ``std`` are
+    available without touching the disk (the CLI links ``num_classes`` and
+    ``input_shape`` into the model when both are instantiated).
+
+    Subclasses set the class attributes and implement :meth:`load_split`; those reading
+    files list them in ``train_files`` / ``test_files``, find them with
+    :meth:`split_paths`, and name a ``torchvision_dataset`` that can download them.
+
+    Args:
+        data_dir: directory holding the data set (in torchvision's layout, or flat
+            where the subclass says so). None searches ``default_data_dirs``
+            (``./data``) and downloads into ``./data``.
+        download: download the files in ``prepare_data`` when they are missing.
+        batch_size: training batch size.
+        eval_batch_size: validation / test / predict batch size; None uses ``batch_size``.
+        num_workers: DataLoader worker processes (kept alive between epochs).
+        val_fraction: fraction of the training split held out for validation.
+        seed: seed of the train / validation split.
+        pin_memory: pin batches in page-locked memory (faster host-to-GPU copies).
+    """
+
+    name: ClassVar[str]
+    """Human-readable name of the data set, used in messages."""
+    num_classes: ClassVar[int]
+    input_shape: ClassVar[tuple[int, int, int]]
+    """``(C, H, W)`` of one image."""
+    mean: ClassVar[tuple[float, ...]]
+    """Per-channel mean of the data set's images scaled to ``[0, 1]``."""
+    std: ClassVar[tuple[float, ...]]
+    """Per-channel standard deviation of the data set's images scaled to ``[0, 1]``."""
+
+    train_files: tuple[str, ...]
+    """Names of the files :meth:`load_split` reads for the training split, in order."""
+    test_files: tuple[str, ...]
+    """Names of the files :meth:`load_split` reads for the test split, in order."""
+    file_suffixes: ClassVar[tuple[str, ...]] = ("",)
+    """Suffixes a file name may carry on disk, tried in order (e.g. ``("", ".gz")``)."""
+    subfolders: ClassVar[tuple[str, ...]] = (".",)
+    """Folders, relative to a data directory, that may hold the files, tried in order."""
+    default_data_dirs: ClassVar[tuple[str, ...]] = (DEFAULT_DATA_DIR,)
+    """Data directories searched, in order, when ``data_dir`` is None."""
+    url: ClassVar[str]
+    """Where the files are published."""
+    download_hints: ClassVar[tuple[str, ...]] = ()
+    """Further ways to get the files, listed in the not-found message."""
+    torchvision_dataset: ClassVar[Callable[..., Any]]
+    """torchvision dataset class whose ``(root, download=True)`` fetches the files into
+    ``root`` in the layout searched here."""
+
+    def __init__(
+        self,
+        *,
+        data_dir: str | None = None,
+        download: bool = False,
+        batch_size: int = 64,
+        eval_batch_size: int | None = None,
+        num_workers: int = 0,
+        val_fraction: float = 0.1,
+        seed: int = 0,
+        pin_memory: bool = False,
+    ) -> None:
+        super().__init__()
+        if batch_size < 1 or (eval_batch_size is not None and eval_batch_size < 1):
+            raise ValueError("batch sizes must be positive")
+        if not 0 <= val_fraction < 1:
+            raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction}")
+        self.data_dir = data_dir
+        self.download = download
+        self.batch_size = batch_size
+        self.eval_batch_size = batch_size if eval_batch_size is None else eval_batch_size
+        self.num_workers = num_workers
+        self.val_fraction = val_fraction
+        self.seed = seed
+        self.pin_memory = pin_memory
+        self.train_set: InMemoryImageDataset | None = None
+        self.val_set: InMemoryImageDataset | None = None
+        self.test_set: InMemoryImageDataset | None = None
+
+    @abstractmethod
+    def load_split(self, train: bool) -> tuple[Tensor, Tensor]:
+        """Read the training (``train=True``) or test split.
+
+        Returns:
+            ``(N, C, H, W)`` uint8 images and ``(N,)`` int64 labels.
+
+        Raises:
+            DatasetNotFoundError: the files are missing.
+        """
+
+    @property
+    def candidate_folders(self) -> list[Path]:
+        """Folders searched for the files, in order."""
+        data_dirs = self.default_data_dirs if self.data_dir is None else (self.data_dir,)
+        return [Path(d).expanduser() / sub for d in data_dirs for sub in self.subfolders]
+
+    def locate(self) -> dict[str, Path]:
+        """Path of every file in ``train_files`` and ``test_files``, all taken from the
+        first candidate folder that holds them all.
+
+        Raises:
+            DatasetNotFoundError: no candidate folder holds them all.
+        """
+        paths = self._find()
+        if paths is None:
+            raise self._not_found_error()
+        return paths
+
+    def split_paths(self, train: bool) -> list[Path]:
+        """Paths of ``train_files`` (``train=True``) or ``test_files``, in order."""
+        paths = self.locate()
+        return [paths[name] for name in (self.train_files if train else self.test_files)]
+
+    def prepare_data(self) -> None:
+        """Download the files when ``download=True`` and they are missing, then check
+        that they are there.
+
+        Raises:
+            DatasetNotFoundError: the files are missing (also when downloading failed).
+        """
+        if self.download and self._find() is None:
+            self._download()
+        self.locate()
+
+    def setup(self, stage: str | None = None) -> None:
+        """Load the splits ``stage`` needs (each once): the training split, divided into
+        ``train_set`` and ``val_set``, for ``"fit"`` and ``"validate"``; the test split,
+        ``test_set``, for ``"test"`` and ``"predict"``; all for None."""
+        if stage in (None, "fit", "validate") and self.train_set is None:
+            dataset = self._load_dataset(train=True)
+            train, val = split_indices(len(dataset), self.val_fraction, self.seed)
+            self.train_set, self.val_set = dataset.subset(train), dataset.subset(val)
+        if stage in (None, "test", "predict") and self.test_set is None:
+            self.test_set = self._load_dataset(train=False)
+
+    def train_dataloader(self) -> DataLoader[tuple[Tensor, Tensor]]:
+        return self._dataloader(self.train_set, self.batch_size, shuffle=True)
+
+    def val_dataloader(self) -> DataLoader[tuple[Tensor, Tensor]]:
+        return self._dataloader(self.val_set, self.eval_batch_size)
+
+    def test_dataloader(self) -> DataLoader[tuple[Tensor, Tensor]]:
+        return self._dataloader(self.test_set, self.eval_batch_size)
+
+    def predict_dataloader(self) -> DataLoader[tuple[Tensor, Tensor]]:
+        return self._dataloader(self.test_set, self.eval_batch_size)
+
+    @property
+    def _files(self) -> tuple[str, ...]:
+        return (*self.train_files, *self.test_files)
+
+    def _find(self) -> dict[str, Path] | None:
+        for folder in self.candidate_folders:
+            paths = {name: self._find_file(folder, name) for name in self._files}
+            if all(paths.values()):
+                return paths
+        return None
+
+    def _find_file(self, folder: Path, name: str) -> Path | None:
+        candidates = (folder / f"{name}{suffix}" for suffix in self.file_suffixes)
+        return next((path for path in candidates if path.is_file()), None)
+
+    @property
+    def _download_root(self) -> Path:
+        return Path(self.data_dir or DEFAULT_DATA_DIR).expanduser().absolute()
+
+    def _download(self) -> None:
+        try:
+            self.torchvision_dataset(self._download_root, download=True)
+        except (OSError, RuntimeError) as err:  # URLError is an OSError
+            reason = f"Downloading into {self._download_root} failed: {err}"
+            raise self._not_found_error(reason) from err
+
+    def _not_found_error(self, reason: str | None = None) -> DatasetNotFoundError:
+        suffixes = "".join(f"[{suffix}]" for suffix in self.file_suffixes if suffix)
+        files = ", ".join(f"{name}{suffixes}" for name in self._files)
+        folders = "".join(f"\n  {folder.absolute()}" for folder in self.candidate_folders)
+        hints = [
+            *self.download_hints,
+            f"get the files from {self.url} and put them in one of the folders above",
+        ]
+        if not self.download:
+            hints.insert(0, f"pass `--data.download true` to download it to {self._download_root}")
+        return DatasetNotFoundError(
+            f"{self.name} not found: looked for {files} in{folders}\n"
+            + (f"{reason}\n" if reason else "")
+            + "To get it:"
+            + "".join(f"\n  - {hint}" for hint in hints)
+        )
+
+    def _load_dataset(self, train: bool) -> InMemoryImageDataset:
+        images, targets = self.load_split(train)
+        if images.shape[1:] != self.input_shape:
+            raise ValueError(
+                f"{self.name}: expected images of shape (N, *{self.input_shape}), got {tuple(images.shape)}"
+            )
+        return InMemoryImageDataset(images, targets, self.mean, self.std)
+
+    def _dataloader(
+        self, dataset: InMemoryImageDataset | None, batch_size: int, shuffle: bool = False
+    ) -> DataLoader[tuple[Tensor, Tensor]]:
+        if dataset is None:
+            raise RuntimeError(f"{type(self).__name__}.setup() has not loaded this split yet")
+        return DataLoader(
+            dataset,
+            batch_size=batch_size,
+            shuffle=shuffle,
+            num_workers=self.num_workers,
+            collate_fn=collate,
+            pin_memory=self.pin_memory,
+            persistent_workers=self.num_workers > 0,
+        )

@@ -1,0 +1,103 @@
+"""Counter-Hebb learning: with symmetric weights the update IS the backprop gradient."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from lit_bioplaus.algorithms import CounterHebb, FeedbackAlignment
+from lit_bioplaus.nn import MLP, ConvNet
+
+NETWORKS = {
+    "mlp": (lambda mode: MLP((1, 6, 6), 5, hidden=[17, 11], weight_mode=mode), (1, 6, 6), 5),
+    "cnn_stride2_pad": (
+        lambda mode: ConvNet(
+            (2, 9, 9), 4, channels=[5, 6], kernel_size=3, stride=2, padding=1, hidden=[7], weight_mode=mode
+        ),
+        (2, 9, 9),
+        4,
+    ),
+    "cnn_k5_pad2": (
+        lambda mode: ConvNet((1, 12, 11), 3, channels=[4], kernel_size=5, stride=2, padding=2, weight_mode=mode),
+        (1, 12, 11),
+        3,
+    ),
+}
+
+
+def make_counter_hebb(network, mode: str, loss: str = "ce", cls=CounterHebb) -> CounterHebb:
+    build, shape, classes = NETWORKS[network]
+    model = cls(network=lambda _shape, _classes: build(mode), input_shape=shape, num_classes=classes, loss=loss)
+    return model.double()
+
+
+def counter_hebb_update(model: CounterHebb, x, target) -> dict[str, torch.Tensor]:
+    model.zero_grad()
+    trace = model.up_pass(x)
+    _, delta = model.output_error(trace.logits, target)
+    model.lateral_energy(trace, model.down_pass(trace, delta)).backward()
+    return {name: p.grad.clone() for name, p in model.named_parameters() if p.grad is not None}
+
+
+def backprop_gradient(model: CounterHebb, x, target) -> dict[str, torch.Tensor]:
+    model.zero_grad()
+    model.loss(model(x), target).backward()
+    return {name: p.grad.clone() for name, p in model.named_parameters() if p.grad is not None}
+
+
+def batch(model: CounterHebb, n: int = 8):
+    generator = torch.Generator().manual_seed(1)
+    x = torch.randn(n, *model.input_shape, generator=generator, dtype=torch.float64)
+    target = torch.randint(0, model.num_classes, (n,), generator=generator)
+    return x, target
+
+
+@pytest.mark.parametrize("network", NETWORKS)
+@pytest.mark.parametrize("mode", ["shared", "symmetric"])
+@pytest.mark.parametrize("loss", ["ce", "mse"])
+def test_update_equals_backprop_gradient(network, mode, loss):
+    torch.manual_seed(0)
+    model = make_counter_hebb(network, mode, loss)
+    x, target = batch(model)
+    update = counter_hebb_update(model, x, target)
+    gradient = backprop_gradient(model, x, target)
+    for name, grad in gradient.items():
+        torch.testing.assert_close(update[name], grad, rtol=0, atol=1e-10, msg=name)
+    if mode == "symmetric":
+        for name, grad in gradient.items():
+            if name.endswith(".weight"):
+                feedback = name.replace(".weight", "._feedback_weight")
+                torch.testing.assert_close(update[feedback], grad, rtol=0, atol=1e-10, msg=feedback)
+
+
+@pytest.mark.parametrize("network", NETWORKS)
+def test_asymmetric_weights_get_the_same_update(network):
+    torch.manual_seed(0)
+    model = make_counter_hebb(network, "asymmetric")
+    update = counter_hebb_update(model, *batch(model))
+    for layer_name, layer in model.network.named_modules():
+        if hasattr(layer, "_feedback_weight") and layer._feedback_weight is not None:
+            prefix = f"network.{layer_name}"
+            torch.testing.assert_close(
+                update[f"{prefix}._feedback_weight"], update[f"{prefix}.weight"], rtol=0, atol=1e-12
+            )
+
+
+def test_feedback_alignment_never_changes_td_weights():
+    torch.manual_seed(0)
+    model = make_counter_hebb("mlp", "fixed", cls=FeedbackAlignment)
+    before = {k: v.clone() for k, v in model.state_dict().items() if "_feedback_weight" in k}
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    for _ in range(3):
+        counter_hebb_update(model, *batch(model))
+        optimizer.step()
+    after = model.state_dict()
+    assert before
+    for name, value in before.items():
+        assert torch.equal(after[name], value), name
+    assert not any("_feedback_weight" in name for name, _ in model.named_parameters())
+
+
+def test_feedback_alignment_requires_fixed_feedback():
+    with pytest.raises(ValueError, match="fixed"):
+        make_counter_hebb("mlp", "symmetric", cls=FeedbackAlignment)

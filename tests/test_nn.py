@@ -1,0 +1,109 @@
+"""Two-stream layers and architectures: shapes, weight modes, adjointness."""
+
+import pytest
+import torch
+
+from lit_bioplaus.nn import (
+    MLP,
+    WEIGHT_MODES,
+    ConvNet,
+    TwoStreamConv2d,
+    TwoStreamFlatten,
+    TwoStreamLinear,
+)
+
+CONV_GEOMETRIES = [
+    # (kernel, stride, padding, dilation, input size)
+    (3, 1, 1, 1, (8, 8)),
+    (3, 2, 1, 1, (9, 9)),
+    (3, 2, 1, 1, (8, 7)),
+    (5, 2, 2, 1, (12, 12)),
+    (2, 2, 0, 1, (7, 7)),
+    (3, 3, 0, 2, (11, 10)),
+]
+
+
+@pytest.mark.parametrize("mode", WEIGHT_MODES)
+def test_linear_streams_have_mirrored_shapes(mode):
+    layer = TwoStreamLinear(7, 5, weight_mode=mode)
+    assert layer.up(torch.randn(4, 7)).shape == (4, 5)
+    assert layer.down(torch.randn(4, 5)).shape == (4, 7)
+
+
+@pytest.mark.parametrize("mode", WEIGHT_MODES)
+@pytest.mark.parametrize(("kernel", "stride", "padding", "dilation", "size"), CONV_GEOMETRIES)
+def test_conv_down_map_restores_input_shape(mode, kernel, stride, padding, dilation, size):
+    layer = TwoStreamConv2d(3, 4, kernel, stride, padding, dilation, weight_mode=mode, input_size=size)
+    y = layer.up(torch.randn(2, 3, *size))
+    assert y.shape == (2, 4, *layer.output_size)
+    assert layer.down(y).shape == (2, 3, *size)
+
+
+@pytest.mark.parametrize(("kernel", "stride", "padding", "dilation", "size"), CONV_GEOMETRIES)
+def test_shared_conv_down_is_adjoint_of_up(kernel, stride, padding, dilation, size):
+    torch.manual_seed(0)
+    layer = TwoStreamConv2d(3, 4, kernel, stride, padding, dilation, bias=False, input_size=size).double()
+    x = torch.randn(2, 3, *size, dtype=torch.float64)
+    y = torch.randn(2, 4, *layer.output_size, dtype=torch.float64)
+    torch.testing.assert_close((layer.up(x) * y).sum(), (x * layer.down(y)).sum(), rtol=1e-12, atol=1e-12)
+
+
+def test_shared_mode_uses_the_forward_parameter():
+    layer = TwoStreamLinear(6, 3, weight_mode="shared")
+    assert layer.feedback_weight is layer.weight
+    assert {name for name, _ in layer.named_parameters()} == {"weight", "bias"}
+    with torch.no_grad():
+        layer.weight.add_(1.0)
+    torch.testing.assert_close(layer.feedback_weight, layer.weight)
+
+
+def test_symmetric_mode_starts_equal_but_separate():
+    layer = TwoStreamLinear(6, 3, weight_mode="symmetric")
+    torch.testing.assert_close(layer.feedback_weight, layer.weight)
+    assert layer.feedback_weight is not layer.weight
+    assert layer.feedback_weight.requires_grad
+    assert layer.feedback_bias is not None and layer.feedback_bias.shape == (6,)
+
+
+def test_asymmetric_mode_is_independent():
+    layer = TwoStreamLinear(60, 30, weight_mode="asymmetric")
+    assert not torch.allclose(layer.feedback_weight, layer.weight)
+    assert layer.feedback_weight.requires_grad
+
+
+@pytest.mark.parametrize(
+    "layer", [TwoStreamLinear(6, 3, weight_mode="fixed"), TwoStreamConv2d(2, 3, 3, weight_mode="fixed")]
+)
+def test_fixed_mode_has_no_trainable_feedback(layer):
+    assert [name for name, _ in layer.named_parameters()] == ["weight", "bias"]
+    assert not layer.feedback_weight.requires_grad
+    assert "_feedback_weight" in layer.state_dict()
+
+
+def test_flatten_round_trip():
+    layer = TwoStreamFlatten((2, 3, 4))
+    x = torch.randn(5, 2, 3, 4)
+    assert layer.up(x).shape == (5, 24)
+    torch.testing.assert_close(layer.down(layer.up(x)), x)
+
+
+@pytest.mark.parametrize("mode", WEIGHT_MODES)
+def test_mlp_streams(mode):
+    net = MLP((1, 8, 8), 10, hidden=[32, 16], weight_mode=mode)
+    assert net(torch.randn(4, 1, 8, 8)).shape == (4, 10)
+    assert net.down(torch.randn(4, 10)).shape == (4, 1, 8, 8)
+    assert [layer.weight.shape for layer in net.weighted_layers()] == [(32, 64), (16, 32), (10, 16)]
+
+
+@pytest.mark.parametrize("mode", WEIGHT_MODES)
+def test_convnet_streams(mode):
+    net = ConvNet((3, 15, 15), 7, channels=[8, 6], hidden=[20], weight_mode=mode)
+    assert net(torch.randn(2, 3, 15, 15)).shape == (2, 7)
+    assert net.down(torch.randn(2, 7)).shape == (2, 3, 15, 15)
+
+
+def test_unknown_weight_mode_and_activation_are_rejected():
+    with pytest.raises(ValueError, match="weight_mode"):
+        TwoStreamLinear(2, 2, weight_mode="mirror")
+    with pytest.raises(ValueError, match="activation"):
+        MLP((4,), 2, activation="swish")
