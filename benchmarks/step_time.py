@@ -20,7 +20,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from lit_bioplaus import BackProp
-from lit_bioplaus.data import InMemoryDataset, collate
+from lit_bioplaus.data import InMemoryImageDataset, collate
 from lit_bioplaus.nn import MLP
 
 INPUT_SHAPE, NUM_CLASSES = (1, 28, 28), 10
@@ -30,7 +30,7 @@ def make_loader(batch_size: int, num_samples: int) -> DataLoader:
     generator = torch.Generator().manual_seed(0)
     images = torch.randint(0, 256, (num_samples, *INPUT_SHAPE), dtype=torch.uint8, generator=generator)
     labels = torch.randint(0, NUM_CLASSES, (num_samples,), generator=generator)
-    dataset = InMemoryDataset(images, labels, mean=(0.5,), std=(0.25,))
+    dataset = InMemoryImageDataset(images, labels, mean=(0.5,), std=(0.25,))
     return DataLoader(dataset, batch_size=batch_size, shuffle=True, collate_fn=collate)
 
 

@@ -1,0 +1,38 @@
+"""Every shipped config trains (fast_dev_run) on tiny data in the real on-disk formats."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from lit_bioplaus.cli import main
+from tests.fake_data import write_all
+
+ROOT = Path(__file__).resolve().parents[1]
+CONFIGS = sorted(str(p.relative_to(ROOT)) for p in (ROOT / "configs").rglob("*.yaml"))
+
+
+@pytest.fixture(scope="module")
+def data_root(tmp_path_factory):
+    return write_all(tmp_path_factory.mktemp("data"))
+
+
+def test_configs_are_found():
+    assert "configs/quickstart.yaml" in CONFIGS
+    assert "configs/bp/mlp500_fashion_mnist.yaml" in CONFIGS
+
+
+@pytest.mark.parametrize("config", CONFIGS)
+def test_config_fits(config, data_root, tmp_path):
+    cli = main([
+        "fit", "--config", str(ROOT / config),
+        "--trainer.fast_dev_run", "true",
+        "--trainer.logger", "false",
+        "--trainer.enable_progress_bar", "false",
+        "--trainer.default_root_dir", str(tmp_path),
+        "--data.init_args.data_dir", str(data_root),
+        "--data.init_args.batch_size", "4",
+    ])
+    assert cli.trainer.state.finished
+    assert "test/acc" in cli.trainer.callback_metrics
