@@ -25,14 +25,24 @@ def test_configs_are_found():
 
 @pytest.mark.parametrize("config", CONFIGS)
 def test_config_fits(config, data_root, tmp_path):
-    cli = main([
-        "fit", "--config", str(ROOT / config),
-        "--trainer.fast_dev_run", "true",
-        "--trainer.logger", "false",
-        "--trainer.enable_progress_bar", "false",
-        "--trainer.default_root_dir", str(tmp_path),
-        "--data.init_args.data_dir", str(data_root),
-        "--data.init_args.batch_size", "4",
-    ])
+    cli = main(
+        [
+            "fit",
+            "--config",
+            str(ROOT / config),
+            "--trainer.fast_dev_run",
+            "true",
+            "--trainer.logger",
+            "false",
+            "--trainer.enable_progress_bar",
+            "false",
+            "--trainer.default_root_dir",
+            str(tmp_path),
+            "--data.init_args.data_dir",
+            str(data_root),
+            "--data.init_args.batch_size",
+            "4",
+        ]
+    )
     assert cli.trainer.state.finished
     assert "test/acc" in cli.trainer.callback_metrics

@@ -1,8 +1,5 @@
 """DataModules: on-disk readers (tiny files in the real formats), splits, loaders, errors."""
 
-import gzip
-import pickle
-import struct
 from pathlib import Path
 from urllib.error import URLError
 
@@ -25,6 +22,7 @@ from lit_bioplaus.data import (
 )
 from lit_bioplaus.data.datasets import read_idx
 from tests.fake_data import N_TEST, N_TRAIN, write_cifar, write_idx, write_mnist, write_stl10
+
 
 def normalised(images: np.ndarray, dm: VisionDataModule) -> torch.Tensor:
     mean = torch.tensor(dm.mean).view(-1, 1, 1)
