@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from lit_bioplaus.algorithms import CounterHebb, FeedbackAlignment
+from lit_bioplaus.algorithms import CounterHebb, DirectFeedbackAlignment, FeedbackAlignment
 from lit_bioplaus.nn import MLP, ConvNet
 
 NETWORKS = {
@@ -101,3 +101,32 @@ def test_feedback_alignment_never_changes_td_weights():
 def test_feedback_alignment_requires_fixed_feedback():
     with pytest.raises(ValueError, match="fixed"):
         make_counter_hebb("mlp", "symmetric", cls=FeedbackAlignment)
+
+
+@pytest.mark.parametrize("network", NETWORKS)
+def test_direct_feedback_alignment_projects_the_output_error(network):
+    torch.manual_seed(0)
+    model = make_counter_hebb(network, "shared", cls=DirectFeedbackAlignment)
+    x, target = batch(model)
+    trace = model.up_pass(x)
+    _, delta = model.output_error(trace.logits, target)
+    deltas = model.down_pass(trace, delta)
+    torch.testing.assert_close(deltas[-1], delta)
+    for index in model._hidden_weighted_indices():
+        expected = (delta @ getattr(model, f"direct_feedback_{index}")).view_as(trace.outputs[index])
+        torch.testing.assert_close(deltas[index], expected * (trace.outputs[index] > 0))
+    update = counter_hebb_update(model, x, target)
+    assert set(update) == {name for name, p in model.named_parameters()}
+    assert not any("direct_feedback" in name for name, _ in model.named_parameters())
+
+
+def test_alignment_metrics():
+    torch.manual_seed(0)
+    symmetric = make_counter_hebb("mlp", "symmetric").alignment_metrics()
+    asymmetric = make_counter_hebb("mlp", "asymmetric").alignment_metrics()
+    assert set(symmetric) == {f"align/{kind}_{i}" for kind in ("angle", "norm_ratio") for i in range(3)}
+    for i in range(3):
+        assert symmetric[f"align/angle_{i}"] == pytest.approx(0.0, abs=1e-3)
+        assert symmetric[f"align/norm_ratio_{i}"] == pytest.approx(1.0)
+        assert 70 < asymmetric[f"align/angle_{i}"] < 110  # independent weights: nearly orthogonal
+    assert make_counter_hebb("mlp", "shared").alignment_metrics() == {}

@@ -2,6 +2,13 @@
 
 from lit_bioplaus.algorithms.backprop import BackProp
 from lit_bioplaus.algorithms.base import BioplausModule, classification_loss
-from lit_bioplaus.algorithms.counter_hebb import CounterHebb, FeedbackAlignment
+from lit_bioplaus.algorithms.counter_hebb import CounterHebb, DirectFeedbackAlignment, FeedbackAlignment
 
-__all__ = ["BackProp", "BioplausModule", "CounterHebb", "FeedbackAlignment", "classification_loss"]
+__all__ = [
+    "BackProp",
+    "BioplausModule",
+    "CounterHebb",
+    "DirectFeedbackAlignment",
+    "FeedbackAlignment",
+    "classification_loss",
+]

@@ -30,7 +30,6 @@ import torch
 from torch import Tensor
 
 from lit_bioplaus.algorithms.base import BioplausModule
-from lit_bioplaus.nn import TwoStreamLayer
 
 
 @dataclass
@@ -109,10 +108,10 @@ class CounterHebb(BioplausModule):
         """The detached bilinear energy ``E`` whose gradient is the Counter-Hebb update."""
         energy = trace.logits.new_zeros((), dtype=torch.float32)
         for layer, h_in, delta in zip(self.network.layers, trace.inputs, deltas, strict=True):
-            if not any(p.requires_grad for p in layer.parameters(recurse=False)):
+            if not layer.has_weights:
                 continue
             energy = energy + (delta * layer.up(h_in)).sum()
-            if _has_trainable_feedback(layer):
+            if layer.has_trainable_feedback:
                 energy = energy + (h_in * layer.down(delta)).sum()
         return energy / trace.logits.shape[0]
 
@@ -136,6 +135,16 @@ class CounterHebb(BioplausModule):
 
     def on_train_epoch_end(self) -> None:
         self.step_scheduler("epoch")
+        self.log_dict(self.alignment_metrics())
+
+    def alignment_metrics(self) -> dict[str, Tensor]:
+        """Per weighted layer ``i`` with separate TD weights: ``align/angle_{i}`` (degrees
+        between ``W`` and ``Wb^T``) and ``align/norm_ratio_{i}`` (``||Wb|| / ||W||``)."""
+        metrics = {}
+        for index, layer in enumerate(self.network.weighted_layers()):
+            if layer.weight_mode != "shared":
+                metrics[f"align/angle_{index}"], metrics[f"align/norm_ratio_{index}"] = layer.alignment()
+        return metrics
 
     def step_scheduler(self, interval: str) -> None:
         """Step the LR scheduler (manual optimization: Lightning does not)."""
@@ -157,11 +166,6 @@ class CounterHebb(BioplausModule):
                 param.grad.mul_(noise.mul_(self.weak_symmetry_sigma).add_(1.0))
 
 
-def _has_trainable_feedback(layer: TwoStreamLayer) -> bool:
-    feedback = getattr(layer, "_feedback_weight", None)
-    return isinstance(feedback, torch.nn.Parameter)
-
-
 class FeedbackAlignment(CounterHebb):
     """Feedback alignment: the Counter-Hebb machinery with fixed random TD weights.
 
@@ -174,3 +178,42 @@ class FeedbackAlignment(CounterHebb):
         modes = {layer.weight_mode for layer in self.network.weighted_layers()}
         if modes != {"fixed"}:
             raise ValueError(f"FeedbackAlignment needs a network with weight_mode 'fixed', got {sorted(modes)}")
+
+
+class DirectFeedbackAlignment(CounterHebb):
+    """Direct feedback alignment: the output error reaches every hidden layer through
+    its own fixed random matrix, ``delta_l = [h_l > 0] * (delta_L B_l)``, with
+    ``B_l`` of shape ``(num_classes, prod(shape of h_l))`` (a buffer, never trained).
+
+    The layers' own top-down maps are not used, so the network must have
+    ``weight_mode: shared`` (no separate TD parameters).
+    """
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        modes = {layer.weight_mode for layer in self.network.weighted_layers()}
+        if modes != {"shared"}:
+            raise ValueError(f"DirectFeedbackAlignment needs weight_mode 'shared', got {sorted(modes)}")
+        with torch.no_grad():
+            trace = self.up_pass(torch.zeros(1, *self.input_shape))
+        bound = self.num_classes**-0.5
+        for index in self._hidden_weighted_indices():
+            width = trace.outputs[index][0].numel()
+            matrix = torch.empty(self.num_classes, width).uniform_(-bound, bound)
+            self.register_buffer(f"direct_feedback_{index}", matrix)
+
+    def _hidden_weighted_indices(self) -> list[int]:
+        layers = self.network.layers
+        return [i for i in range(len(layers) - 1) if layers[i].has_weights]
+
+    @torch.no_grad()
+    def down_pass(self, trace: UpTrace, delta: Tensor) -> list[Tensor]:
+        """``delta_l`` per layer: the projected, gated output error (zeros where unused)."""
+        delta = delta.to(trace.logits.dtype)
+        deltas = [torch.zeros_like(output) for output in trace.outputs]
+        deltas[-1] = delta
+        for index in self._hidden_weighted_indices():
+            output = trace.outputs[index]
+            projected = (delta @ getattr(self, f"direct_feedback_{index}")).view_as(output)
+            deltas[index] = projected * (output > 0) if self.network.activated[index] else projected
+        return deltas

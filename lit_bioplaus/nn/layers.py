@@ -51,6 +51,9 @@ class TwoStreamLayer(nn.Module):
     network is also an ordinary PyTorch network.
     """
 
+    has_weights: bool = False
+    """Whether the layer owns a forward weight (and so learns)."""
+
     def up(self, x: Tensor) -> Tensor:
         raise NotImplementedError
 
@@ -75,6 +78,8 @@ class _WeightedTwoStreamLayer(TwoStreamLayer):
             top-down bias with one entry per input channel.
         weight_mode: see the module docstring.
     """
+
+    has_weights = True
 
     def __init__(
         self,
@@ -111,6 +116,21 @@ class _WeightedTwoStreamLayer(TwoStreamLayer):
     def feedback_weight(self) -> Tensor:
         """Feedback weight in the forward weight's layout (``weight`` itself when shared)."""
         return self.weight if self._feedback_weight is None else self._feedback_weight
+
+    @property
+    def has_trainable_feedback(self) -> bool:
+        """Whether the feedback weight is a separate trainable parameter."""
+        return isinstance(self._feedback_weight, nn.Parameter)
+
+    @torch.no_grad()
+    def alignment(self) -> tuple[Tensor, Tensor]:
+        """``(angle, norm_ratio)`` between forward and feedback weights: the angle in
+        degrees between ``W`` and ``Wb`` (both in the forward layout, i.e. ``W`` against
+        ``Wb^T`` in the paper's notation) and ``||Wb|| / ||W||``."""
+        forward, feedback = self.weight.flatten().double(), self.feedback_weight.flatten().double()
+        cosine = torch.dot(forward, feedback) / (forward.norm() * feedback.norm())
+        angle = torch.rad2deg(torch.acos(cosine.clamp(-1.0, 1.0)))
+        return angle.to(self.weight.dtype), (feedback.norm() / forward.norm()).to(self.weight.dtype)
 
     def extra_repr(self) -> str:
         return f"weight_mode={self.weight_mode}, bias={self.bias is not None}"

@@ -85,7 +85,7 @@ class TwoStreamNetwork(nn.Module):
 
     def weighted_layers(self) -> list[TwoStreamLayer]:
         """Layers that own weights (linear, conv), bottom to top."""
-        return [layer for layer in self.layers if not isinstance(layer, TwoStreamFlatten)]
+        return [layer for layer in self.layers if layer.has_weights]
 
 
 class MLP(TwoStreamNetwork):
