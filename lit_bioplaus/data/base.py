@@ -11,7 +11,7 @@ from typing import Any, ClassVar
 import lightning as L
 import torch
 from torch import Tensor
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 
 DEFAULT_DATA_DIR = "./data"
 
@@ -111,6 +111,8 @@ class VisionDataModule(L.LightningDataModule, ABC):
         val_fraction: fraction of the training split held out for validation.
         seed: seed of the train / validation split.
         pin_memory: pin batches in page-locked memory (faster host-to-GPU copies).
+        shuffle: reshuffle the training split every epoch; false keeps the split's
+            order (e.g. to compare runs with different numbers of DDP processes).
     """
 
     name: ClassVar[str]
@@ -152,6 +154,7 @@ class VisionDataModule(L.LightningDataModule, ABC):
         val_fraction: float = 0.1,
         seed: int = 0,
         pin_memory: bool = False,
+        shuffle: bool = True,
     ) -> None:
         super().__init__()
         if batch_size < 1 or (eval_batch_size is not None and eval_batch_size < 1):
@@ -166,6 +169,7 @@ class VisionDataModule(L.LightningDataModule, ABC):
         self.val_fraction = val_fraction
         self.seed = seed
         self.pin_memory = pin_memory
+        self.shuffle = shuffle
         self.train_set: InMemoryImageDataset | None = None
         self.val_set: InMemoryImageDataset | None = None
         self.test_set: InMemoryImageDataset | None = None
@@ -227,7 +231,24 @@ class VisionDataModule(L.LightningDataModule, ABC):
             self.test_set = self._load_dataset(train=False)
 
     def train_dataloader(self) -> DataLoader[tuple[Tensor, Tensor]]:
-        return self._dataloader(self.train_set, self.batch_size, shuffle=True)
+        """Training batches in an order fixed by ``seed`` and the epoch alone.
+
+        The sampler is always a ``DistributedSampler`` (one replica without DDP): epoch
+        ``e`` visits the permutation ``randperm(N)`` seeded with ``seed + e``, and rank
+        ``r`` of ``R`` takes every ``R``-th sample of it. So ``R`` processes with batch
+        ``B`` see exactly the global batches of one process with batch ``R * B``.
+        """
+        if self.train_set is None:
+            raise RuntimeError(f"{type(self).__name__}.setup() has not loaded this split yet")
+        trainer = self.trainer
+        sampler = DistributedSampler(
+            self.train_set,
+            num_replicas=trainer.world_size if trainer else 1,
+            rank=trainer.global_rank if trainer else 0,
+            shuffle=self.shuffle,
+            seed=self.seed,
+        )
+        return self._dataloader(self.train_set, self.batch_size, sampler=sampler)
 
     def val_dataloader(self) -> DataLoader[tuple[Tensor, Tensor]]:
         return self._dataloader(self.val_set, self.eval_batch_size)
@@ -290,14 +311,14 @@ class VisionDataModule(L.LightningDataModule, ABC):
         return InMemoryImageDataset(images, targets, self.mean, self.std)
 
     def _dataloader(
-        self, dataset: InMemoryImageDataset | None, batch_size: int, shuffle: bool = False
+        self, dataset: InMemoryImageDataset | None, batch_size: int, sampler: Sampler[int] | None = None
     ) -> DataLoader[tuple[Tensor, Tensor]]:
         if dataset is None:
             raise RuntimeError(f"{type(self).__name__}.setup() has not loaded this split yet")
         return DataLoader(
             dataset,
             batch_size=batch_size,
-            shuffle=shuffle,
+            sampler=sampler,
             num_workers=self.num_workers,
             collate_fn=collate,
             pin_memory=self.pin_memory,
