@@ -1,12 +1,17 @@
-"""Milliseconds per training step of BackProp on the 784-500-10 MLP: through
-Lightning versus a plain PyTorch loop on the same model, data and optimizer.
+"""Milliseconds per training step on the 784-500-10 MLP.
 
     python benchmarks/step_time.py [--steps 600] [--batch-sizes 20 256] [--threads 2]
 
-Both paths draw batches from the same in-memory DataLoader, run forward, loss,
-backward and an Adam step, and update the same torchmetrics accuracy; the
-Lightning path also logs the loss and shows no progress bar (``--progress-bar``
-turns it on). Steps are timed after a warm-up, wall clock, median of ``--repeats``.
+Table 1: BackProp through Lightning versus a plain PyTorch loop on the same model,
+data and optimizer. Both draw batches from the same in-memory DataLoader, run
+forward, loss, backward and an Adam step, and update the same torchmetrics accuracy;
+the Lightning path also logs the loss and shows no progress bar (``--progress-bar``
+turns it on).
+
+Table 2: every learning rule (BP, CH symmetric and asymmetric, FA, DFA) through
+Lightning on the same network, as ratios to BP.
+
+Steps are timed after a warm-up, wall clock, median of ``--repeats``.
 """
 
 from __future__ import annotations
@@ -19,9 +24,23 @@ import lightning as L
 import torch
 from torch.utils.data import DataLoader
 
-from lit_bioplaus import BackProp
+from lit_bioplaus.algorithms import (
+    BackProp,
+    BioplausModule,
+    CounterHebb,
+    DirectFeedbackAlignment,
+    FeedbackAlignment,
+)
 from lit_bioplaus.data import InMemoryImageDataset, collate
 from lit_bioplaus.nn import MLP
+
+ALGORITHMS: dict[str, tuple[type[BioplausModule], str]] = {
+    "BP": (BackProp, "shared"),
+    "CH sym": (CounterHebb, "shared"),
+    "CH asym": (CounterHebb, "asymmetric"),
+    "FA": (FeedbackAlignment, "fixed"),
+    "DFA": (DirectFeedbackAlignment, "shared"),
+}
 
 INPUT_SHAPE, NUM_CLASSES = (1, 28, 28), 10
 
@@ -34,9 +53,10 @@ def make_loader(batch_size: int, num_samples: int) -> DataLoader:
     return DataLoader(dataset, batch_size=batch_size, shuffle=True, collate_fn=collate)
 
 
-def make_model() -> BackProp:
-    return BackProp(
-        network=lambda shape, classes: MLP(shape, classes, hidden=[500]),
+def make_model(algorithm: str = "BP") -> BioplausModule:
+    cls, weight_mode = ALGORITHMS[algorithm]
+    return cls(
+        network=lambda shape, classes: MLP(shape, classes, hidden=[500], weight_mode=weight_mode),
         num_classes=NUM_CLASSES,
         input_shape=INPUT_SHAPE,
         optimizer=lambda params: torch.optim.Adam(params, lr=1e-4),
@@ -59,8 +79,8 @@ class _StepTimer(L.Callback):
         self.end = time.perf_counter()
 
 
-def lightning_ms_per_step(batch_size: int, steps: int, warmup: int, progress_bar: bool) -> float:
-    model = make_model()
+def lightning_ms_per_step(batch_size: int, steps: int, warmup: int, progress_bar: bool, algorithm: str = "BP") -> float:
+    model = make_model(algorithm)
     timer = _StepTimer(warmup)
     trainer = L.Trainer(
         max_steps=warmup + steps,
@@ -104,19 +124,30 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 
-    rows = []
-    for batch_size in args.batch_sizes:
-        plain = statistics.median(plain_ms_per_step(batch_size, args.steps, args.warmup) for _ in range(args.repeats))
-        lightning = statistics.median(
-            lightning_ms_per_step(batch_size, args.steps, args.warmup, args.progress_bar) for _ in range(args.repeats)
-        )
-        rows.append((batch_size, plain, lightning, lightning / plain))
+    def median_ms(measure, *measure_args) -> float:
+        return statistics.median(measure(*measure_args) for _ in range(args.repeats))
 
-    print(f"\nBackProp, MLP 784-500-10, Adam, CPU threads={args.threads}, {args.steps} timed steps")
-    print("| batch | plain PyTorch ms/step | Lightning ms/step | Lightning / plain |")
-    print("|------:|---------------------:|-----------------:|------------------:|")
-    for batch_size, plain, lightning, ratio in rows:
-        print(f"| {batch_size:5d} | {plain:20.3f} | {lightning:16.3f} | {ratio:17.2f} |")
+    frameworks, algorithms = [], []
+    for batch_size in args.batch_sizes:
+        plain = median_ms(plain_ms_per_step, batch_size, args.steps, args.warmup)
+        per_algorithm = {
+            name: median_ms(lightning_ms_per_step, batch_size, args.steps, args.warmup, args.progress_bar, name)
+            for name in ALGORITHMS
+        }
+        frameworks.append((batch_size, plain, per_algorithm["BP"]))
+        algorithms.append((batch_size, per_algorithm))
+
+    print(f"\nMLP 784-500-10, Adam, CPU threads={args.threads}, {args.steps} timed steps, median of {args.repeats}")
+    print("\n| batch | plain PyTorch BP ms/step | Lightning BP ms/step | Lightning / plain |")
+    print("|------:|-------------------------:|---------------------:|------------------:|")
+    for batch_size, plain, lightning in frameworks:
+        print(f"| {batch_size:5d} | {plain:24.3f} | {lightning:20.3f} | {lightning / plain:17.2f} |")
+    print("\n| batch | " + " | ".join(f"{name} ms (x BP)" for name in ALGORITHMS) + " |")
+    print("|------:|" + "|".join("---:" for _ in ALGORITHMS) + "|")
+    for batch_size, per_algorithm in algorithms:
+        bp = per_algorithm["BP"]
+        cells = [f"{ms:.3f} ({ms / bp:.2f})" for ms in per_algorithm.values()]
+        print(f"| {batch_size:5d} | " + " | ".join(cells) + " |")
 
 
 if __name__ == "__main__":

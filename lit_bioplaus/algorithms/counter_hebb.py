@@ -15,8 +15,9 @@ lateral energy
 
     E = 1/N sum_n sum_l ( <delta_l, f_l(h_{l-1})> + <h_{l-1}, fb_l(delta_l)> )
 
-(the second term only for trainable separate TD weights). One ``manual_backward(E)`` puts
-the update into ``param.grad``, so DDP all-reduces it, AMP scales and unscales it, and
+(the second term only for trainable separate TD weights; ``lateral_energy`` evaluates it
+from the batch-summed outer products, so it costs what backprop's weight gradients cost).
+One ``manual_backward(E)`` puts the update into ``param.grad``, so DDP all-reduces it, AMP scales and unscales it, and
 gradient clipping and weight decay see the true values. With ``shared`` or ``symmetric``
 weights the TD pass computes exactly the backprop deltas, so the update *is* the gradient.
 """
@@ -105,14 +106,26 @@ class CounterHebb(BioplausModule):
         return deltas
 
     def lateral_energy(self, trace: UpTrace, deltas: list[Tensor]) -> Tensor:
-        """The detached bilinear energy ``E`` whose gradient is the Counter-Hebb update."""
+        """The detached bilinear energy ``E`` whose gradient is the Counter-Hebb update.
+
+        Written as ``E = 1/N sum_l <W_l, U_l> + <b_l, u_l> (+ <Wb_l, U_l> + <bb_l, ub_l>)``
+        with the batch-summed outer products ``U_l = sum_n delta_l (x) h_{l-1}`` computed
+        once without autograd (the same value as the bilinear form above, at the cost
+        of one weight-gradient product per layer, as in backprop).
+        """
         energy = trace.logits.new_zeros((), dtype=torch.float32)
         for layer, h_in, delta in zip(self.network.layers, trace.inputs, deltas, strict=True):
             if not layer.has_weights:
                 continue
-            energy = energy + (delta * layer.up(h_in)).sum()
+            with torch.no_grad():
+                weight_update, bias_update = layer.weight_update(h_in, delta)
+            energy = energy + (layer.weight * weight_update).sum()
+            if layer.bias is not None:
+                energy = energy + (layer.bias * bias_update).sum()
             if layer.has_trainable_feedback:
-                energy = energy + (h_in * layer.down(delta)).sum()
+                energy = energy + (layer.feedback_weight * weight_update).sum()
+                if layer.feedback_bias is not None:
+                    energy = energy + (layer.feedback_bias * layer.feedback_bias_update(h_in)).sum()
         return energy / trace.logits.shape[0]
 
     def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:

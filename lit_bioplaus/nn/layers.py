@@ -117,6 +117,20 @@ class _WeightedTwoStreamLayer(TwoStreamLayer):
         """Feedback weight in the forward weight's layout (``weight`` itself when shared)."""
         return self.weight if self._feedback_weight is None else self._feedback_weight
 
+    def weight_update(self, x: Tensor, delta: Tensor) -> tuple[Tensor, Tensor]:
+        """Batch-summed outer products ``(sum_n delta_n (x) x_n, sum_n delta_n)``: the
+        gradients of ``sum <delta, up(x)>`` with respect to ``weight`` and ``bias``.
+
+        Args:
+            x: ``up``'s input, shaped like it.
+            delta: a tensor shaped like ``up(x)``.
+        """
+        raise NotImplementedError
+
+    def feedback_bias_update(self, x: Tensor) -> Tensor:
+        """``x`` summed over the batch (and positions): gradient of ``sum <x, b_bar>``."""
+        return x.sum(dim=[d for d in range(x.dim()) if d != 1])
+
     @property
     def has_trainable_feedback(self) -> bool:
         """Whether the feedback weight is a separate trainable parameter."""
@@ -157,6 +171,9 @@ class TwoStreamLinear(_WeightedTwoStreamLayer):
 
     def up(self, x: Tensor) -> Tensor:
         return F.linear(x, self.weight, self.bias)
+
+    def weight_update(self, x: Tensor, delta: Tensor) -> tuple[Tensor, Tensor]:
+        return delta.t() @ x, delta.sum(dim=0)
 
     def down(self, y: Tensor, use_bias: bool = True) -> Tensor:
         out = y @ self.feedback_weight
@@ -229,6 +246,10 @@ class TwoStreamConv2d(_WeightedTwoStreamLayer):
 
     def up(self, x: Tensor) -> Tensor:
         return F.conv2d(x, self.weight, self.bias, self.stride, self.padding, self.dilation)
+
+    def weight_update(self, x: Tensor, delta: Tensor) -> tuple[Tensor, Tensor]:
+        weight = torch.nn.grad.conv2d_weight(x, self.weight.shape, delta, self.stride, self.padding, self.dilation)
+        return weight, delta.sum(dim=(0, 2, 3))
 
     def down(self, y: Tensor, use_bias: bool = True) -> Tensor:
         bias = self.feedback_bias if use_bias else None
