@@ -4,7 +4,8 @@
 
 Table 1: BackProp through Lightning versus a plain PyTorch loop on the same model,
 data and optimizer. Both draw batches from the same in-memory DataLoader, run
-forward, loss, backward and an Adam step, and update the same torchmetrics accuracy;
+forward, loss, backward and an Adam step, and update the same torchmetrics accuracy
+(``update`` only, as the modules do);
 the Lightning path also logs the loss and shows no progress bar (``--progress-bar``
 turns it on).
 
@@ -109,7 +110,7 @@ def plain_ms_per_step(batch_size: int, steps: int, warmup: int) -> float:
         loss = model.loss(logits, target)
         loss.backward()
         optimizer.step()
-        model.train_acc(logits.detach(), target)
+        model.train_acc.update(logits.detach(), target)
     return (time.perf_counter() - start) / steps * 1e3
 
 

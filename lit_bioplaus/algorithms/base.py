@@ -76,9 +76,9 @@ class BioplausModule(L.LightningModule):
         self.lr_scheduler_factory = lr_scheduler
         self.scheduler_interval = scheduler_interval
         self.loss_name: Loss = loss
-        self.train_acc = MulticlassAccuracy(num_classes, average="micro")
-        self.val_acc = MulticlassAccuracy(num_classes, average="micro")
-        self.test_acc = MulticlassAccuracy(num_classes, average="micro")
+        self.train_acc = MulticlassAccuracy(num_classes, average="micro", validate_args=False)
+        self.val_acc = MulticlassAccuracy(num_classes, average="micro", validate_args=False)
+        self.test_acc = MulticlassAccuracy(num_classes, average="micro", validate_args=False)
         if pretrained is not None:
             from lit_bioplaus.zoo import load_state_dict
 
@@ -92,10 +92,15 @@ class BioplausModule(L.LightningModule):
         return classification_loss(logits, target, self.loss_name)
 
     def log_train_metrics(self, loss: Tensor, logits: Tensor, target: Tensor) -> None:
-        """Log the training loss (per step and epoch) and accuracy (per epoch)."""
-        self.train_acc(logits.detach(), target)
+        """Log the training loss (per step and epoch); accumulate the accuracy, which
+        ``on_train_epoch_end`` logs (no per-batch accuracy: that would cost a second
+        metric computation every step)."""
+        self.train_acc.update(logits.detach(), target)
         self.log("train/loss", loss.detach(), on_step=True, on_epoch=True, prog_bar=True)
-        self.log("train/acc", self.train_acc, on_step=False, on_epoch=True)
+
+    def on_train_epoch_end(self) -> None:
+        self.log("train/acc", self.train_acc.compute())
+        self.train_acc.reset()
 
     def _evaluate(self, batch: tuple[Tensor, Tensor], stage: str) -> Tensor:
         x, target = batch

@@ -93,19 +93,22 @@ class CounterHebb(BioplausModule):
         """Top-down pass of the output error with GaLU gating and bias-blocking.
 
         Returns ``delta_l`` per layer: the gated TD value on the layer's output side,
-        shaped like ``trace.outputs[l]``.
+        shaped like ``trace.outputs[l]``; None below the lowest weighted layer, where
+        nothing learns (so, as in backprop, the input's delta is never computed).
         """
         network = self.network
-        deltas: list[Tensor] = [delta] * len(network.layers)
+        lowest = next(index for index, layer in enumerate(network.layers) if layer.has_weights)
+        deltas: list[Tensor | None] = [None] * len(network.layers)
         delta = delta.to(trace.logits.dtype)
-        for index in reversed(range(len(network.layers))):
+        for index in reversed(range(lowest, len(network.layers))):
             if network.activated[index]:
                 delta = delta * (trace.outputs[index] > 0)
             deltas[index] = delta
-            delta = network.layers[index].down(delta, use_bias=False)
+            if index > lowest:
+                delta = network.layers[index].down(delta, use_bias=False)
         return deltas
 
-    def lateral_energy(self, trace: UpTrace, deltas: list[Tensor]) -> Tensor:
+    def lateral_energy(self, trace: UpTrace, deltas: list[Tensor | None]) -> Tensor:
         """The detached bilinear energy ``E`` whose gradient is the Counter-Hebb update.
 
         Written as ``E = 1/N sum_l <W_l, U_l> + <b_l, u_l> (+ <Wb_l, U_l> + <bb_l, ub_l>)``
@@ -147,6 +150,7 @@ class CounterHebb(BioplausModule):
             self._apply_weak_symmetry_noise()
 
     def on_train_epoch_end(self) -> None:
+        super().on_train_epoch_end()
         self.step_scheduler("epoch")
         self.log_dict(self.alignment_metrics())
 
@@ -220,10 +224,10 @@ class DirectFeedbackAlignment(CounterHebb):
         return [i for i in range(len(layers) - 1) if layers[i].has_weights]
 
     @torch.no_grad()
-    def down_pass(self, trace: UpTrace, delta: Tensor) -> list[Tensor]:
-        """``delta_l`` per layer: the projected, gated output error (zeros where unused)."""
+    def down_pass(self, trace: UpTrace, delta: Tensor) -> list[Tensor | None]:
+        """``delta_l`` per layer: the projected, gated output error (None where nothing learns)."""
         delta = delta.to(trace.logits.dtype)
-        deltas = [torch.zeros_like(output) for output in trace.outputs]
+        deltas: list[Tensor | None] = [None] * len(trace.outputs)
         deltas[-1] = delta
         for index in self._hidden_weighted_indices():
             output = trace.outputs[index]
