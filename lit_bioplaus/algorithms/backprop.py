@@ -11,13 +11,11 @@ class BackProp(BioplausModule):
     """Error backpropagation on the bottom-up stream of a two-stream network.
 
     The reference every other rule is compared with: same network, same data,
-    same optimizer; the gradient is ``dL/dW`` from autograd
-    (``automatic_optimization``, so gradient clipping and accumulation work as usual).
+    same optimizer, same training step; the objective is the loss itself, so the
+    update is ``dL/dW`` from autograd.
     """
 
-    def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
-        x, target = batch
+    def training_objective(self, x: Tensor, target: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         logits = self(x)
         loss = self.loss(logits, target)
-        self.log_train_metrics(loss, logits, target)
-        return loss
+        return loss, loss.detach(), logits

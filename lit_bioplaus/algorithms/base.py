@@ -38,10 +38,13 @@ def classification_loss(logits: Tensor, target: Tensor, loss: Loss) -> Tensor:
 
 
 class BioplausModule(L.LightningModule):
-    """Shared parts of every algorithm: the network, the loss, accuracy metrics,
-    validation / test / predict steps and the optimizer built from the config.
+    """Shared parts of every algorithm: the network, the loss, accuracy metrics, the
+    training step, validation / test / predict steps and the optimizer from the config.
 
-    Subclasses implement ``training_step`` (the learning rule).
+    Subclasses implement ``training_objective`` (the learning rule): a scalar whose
+    gradient is the rule's update. Every rule then trains the same way, with manual
+    optimization: ``zero_grad``, one ``manual_backward(objective)``, ``step`` (so DDP
+    all-reduces the update and mixed precision scales it), then the scheduler.
 
     Args:
         network: builds the two-stream network from ``(input_shape, num_classes)``.
@@ -52,6 +55,9 @@ class BioplausModule(L.LightningModule):
             per ``scheduler_interval`` (ReduceLROnPlateau monitors ``val/loss``).
         scheduler_interval: ``"epoch"`` or ``"step"``.
         loss: classification loss, ``"ce"`` or ``"mse"``.
+        gradient_clip_val: if set, clip the update's global 2-norm to this value before
+            each optimizer step (after AMP unscaling; ``Trainer(gradient_clip_val=...)``
+            is not available with manual optimization).
         pretrained: name of a model-zoo entry whose weights are loaded after
             construction (see ``lit_bioplaus.zoo``); verified by sha256.
     """
@@ -65,10 +71,13 @@ class BioplausModule(L.LightningModule):
         lr_scheduler: LRSchedulerCallable | None = None,
         scheduler_interval: Literal["epoch", "step"] = "epoch",
         loss: Loss = "ce",
+        gradient_clip_val: float | None = None,
         pretrained: str | None = None,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
+        self.automatic_optimization = False
+        self.gradient_clip_val = gradient_clip_val
         self.num_classes = num_classes
         self.input_shape = tuple(input_shape)
         self.network = network(self.input_shape, num_classes)
@@ -91,6 +100,45 @@ class BioplausModule(L.LightningModule):
     def loss(self, logits: Tensor, target: Tensor) -> Tensor:
         return classification_loss(logits, target, self.loss_name)
 
+    def training_objective(self, x: Tensor, target: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """The learning rule on one batch.
+
+        Args:
+            x: ``(N, *input_shape)`` inputs.
+            target: ``(N,)`` class labels.
+
+        Returns:
+            ``(objective, loss, logits)``: the scalar whose gradient is the update, the
+            detached batch loss (for logging) and the ``(N, num_classes)`` outputs.
+        """
+        raise NotImplementedError
+
+    def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
+        x, target = batch
+        objective, loss, logits = self.training_objective(x, target)
+        optimizer = self.optimizers()
+        optimizer.zero_grad()
+        self.manual_backward(objective)
+        optimizer.step()
+        self.step_scheduler("step")
+        self.log_train_metrics(loss, logits, target)
+        return loss
+
+    def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
+        if self.gradient_clip_val is not None:
+            self.clip_gradients(optimizer, gradient_clip_val=self.gradient_clip_val, gradient_clip_algorithm="norm")
+
+    def step_scheduler(self, interval: str) -> None:
+        """Step the LR scheduler if ``interval`` is its ``scheduler_interval``
+        (manual optimization: Lightning does not step it)."""
+        scheduler = self.lr_schedulers()
+        if scheduler is None or interval != self.scheduler_interval:
+            return
+        if isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
+            scheduler.step(self.trainer.callback_metrics["val/loss"])
+        else:
+            scheduler.step()
+
     def log_train_metrics(self, loss: Tensor, logits: Tensor, target: Tensor) -> None:
         """Log the training loss (per step and epoch); accumulate the accuracy, which
         ``on_train_epoch_end`` logs (no per-batch accuracy: that would cost a second
@@ -101,6 +149,7 @@ class BioplausModule(L.LightningModule):
     def on_train_epoch_end(self) -> None:
         self.log("train/acc", self.train_acc.compute())
         self.train_acc.reset()
+        self.step_scheduler("epoch")
 
     def _evaluate(self, batch: tuple[Tensor, Tensor], stage: str) -> Tensor:
         x, target = batch

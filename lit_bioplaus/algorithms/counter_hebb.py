@@ -61,7 +61,6 @@ class CounterHebb(BioplausModule):
 
     def __init__(self, weak_symmetry_sigma: float = 0.0, **kwargs: Any) -> None:
         super().__init__(**kwargs)
-        self.automatic_optimization = False
         self.weak_symmetry_sigma = weak_symmetry_sigma
 
     # --- the learning rule ---------------------------------------------------------------
@@ -131,27 +130,20 @@ class CounterHebb(BioplausModule):
                     energy = energy + (layer.feedback_bias * layer.feedback_bias_update(h_in)).sum()
         return energy / trace.logits.shape[0]
 
-    def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
-        x, target = batch
+    def training_objective(self, x: Tensor, target: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """Algorithm 1: BU pass, output error, gated TD pass; the objective is ``E``."""
         trace = self.up_pass(x)
         loss, delta = self.output_error(trace.logits, target)
-        energy = self.lateral_energy(trace, self.down_pass(trace, delta))
-        optimizer = self.optimizers()
-        optimizer.zero_grad()
-        self.manual_backward(energy)
-        optimizer.step()
-        self.step_scheduler("step")
-        self.log_train_metrics(loss, trace.logits, target)
-        return loss
+        return self.lateral_energy(trace, self.down_pass(trace, delta)), loss, trace.logits
 
     # --- Lightning hooks -----------------------------------------------------------------
     def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
         if self.weak_symmetry_sigma > 0:
             self._apply_weak_symmetry_noise()
+        super().on_before_optimizer_step(optimizer)
 
     def on_train_epoch_end(self) -> None:
         super().on_train_epoch_end()
-        self.step_scheduler("epoch")
         self.log_dict(self.alignment_metrics())
 
     def alignment_metrics(self) -> dict[str, Tensor]:
@@ -162,16 +154,6 @@ class CounterHebb(BioplausModule):
             if layer.weight_mode != "shared":
                 metrics[f"align/angle_{index}"], metrics[f"align/norm_ratio_{index}"] = layer.alignment()
         return metrics
-
-    def step_scheduler(self, interval: str) -> None:
-        """Step the LR scheduler (manual optimization: Lightning does not)."""
-        scheduler = self.lr_schedulers()
-        if scheduler is None or interval != self.scheduler_interval:
-            return
-        if isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
-            scheduler.step(self.trainer.callback_metrics["val/loss"])
-        else:
-            scheduler.step()
 
     @torch.no_grad()
     def _apply_weak_symmetry_noise(self) -> None:
