@@ -6,7 +6,15 @@ import pytest
 import torch
 
 from lit_bioplaus.algorithms import CounterHebb, DirectFeedbackAlignment, FeedbackAlignment
-from lit_bioplaus.nn import MLP, ConvNet
+from lit_bioplaus.nn import (
+    MLP,
+    ConvNet,
+    TwoStreamConv2d,
+    TwoStreamFlatten,
+    TwoStreamLinear,
+    TwoStreamNetwork,
+    TwoStreamResidualBlock,
+)
 
 NETWORKS = {
     "mlp": (lambda mode: MLP((1, 6, 6), 5, hidden=[17, 11], weight_mode=mode), (1, 6, 6), 5),
@@ -16,6 +24,21 @@ NETWORKS = {
         ),
         (2, 9, 9),
         4,
+    ),
+    "residual": (
+        lambda mode: TwoStreamNetwork(
+            [
+                TwoStreamConv2d(2, 4, 3, stride=2, padding=1, weight_mode=mode, input_size=(9, 9)),
+                TwoStreamResidualBlock(4, input_size=(5, 5), weight_mode=mode),
+                TwoStreamResidualBlock(4, input_size=(5, 5), weight_mode=mode),
+                TwoStreamFlatten((4, 5, 5)),
+                TwoStreamLinear(100, 3, weight_mode=mode),
+            ],
+            activated=[True, True, True, False, False],
+            activation="relu",
+        ),
+        (2, 9, 9),
+        3,
     ),
     "cnn_k5_pad2": (
         lambda mode: ConvNet((1, 12, 11), 3, channels=[4], kernel_size=5, stride=2, padding=2, weight_mode=mode),

@@ -10,6 +10,7 @@ from lit_bioplaus.nn import (
     TwoStreamConv2d,
     TwoStreamFlatten,
     TwoStreamLinear,
+    TwoStreamResidualBlock,
 )
 
 CONV_GEOMETRIES = [
@@ -107,3 +108,12 @@ def test_unknown_weight_mode_and_activation_are_rejected():
         TwoStreamLinear(2, 2, weight_mode="mirror")
     with pytest.raises(ValueError, match="activation"):
         MLP((4,), 2, activation="swish")
+
+
+@pytest.mark.parametrize("mode", WEIGHT_MODES)
+def test_residual_block_streams_preserve_shape(mode):
+    block = TwoStreamResidualBlock(3, input_size=(6, 5), weight_mode=mode)
+    x = torch.randn(2, 3, 6, 5)
+    assert block.up(x).shape == x.shape
+    assert block.down(x).shape == x.shape
+    assert block.gated_down(x, torch.randn(2, 3, 6, 5)).shape == x.shape

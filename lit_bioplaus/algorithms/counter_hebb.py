@@ -88,7 +88,7 @@ class CounterHebb(BioplausModule):
         return loss.detach(), error * logits.shape[0]
 
     @torch.no_grad()
-    def down_pass(self, trace: UpTrace, delta: Tensor) -> list[Tensor]:
+    def down_pass(self, trace: UpTrace, delta: Tensor) -> list[Tensor | None]:
         """Top-down pass of the output error with GaLU gating and bias-blocking.
 
         Returns ``delta_l`` per layer: the gated TD value on the layer's output side,
@@ -104,30 +104,18 @@ class CounterHebb(BioplausModule):
                 delta = delta * (trace.outputs[index] > 0)
             deltas[index] = delta
             if index > lowest:
-                delta = network.layers[index].down(delta, use_bias=False)
+                delta = network.layers[index].gated_down(trace.inputs[index], delta)
         return deltas
 
     def lateral_energy(self, trace: UpTrace, deltas: list[Tensor | None]) -> Tensor:
-        """The detached bilinear energy ``E`` whose gradient is the Counter-Hebb update.
-
-        Written as ``E = 1/N sum_l <W_l, U_l> + <b_l, u_l> (+ <Wb_l, U_l> + <bb_l, ub_l>)``
-        with the batch-summed outer products ``U_l = sum_n delta_l (x) h_{l-1}`` computed
-        once without autograd (the same value as the bilinear form above, at the cost
-        of one weight-gradient product per layer, as in backprop).
-        """
+        """The detached bilinear energy ``E`` whose gradient is the Counter-Hebb update:
+        ``E = 1/N sum_l E_l(h_{l-1}, delta_l)`` over the layers that learn, each layer's
+        ``counter_hebb_energy`` computed from batch-summed outer products (the cost of
+        backprop's weight gradients)."""
         energy = trace.logits.new_zeros((), dtype=torch.float32)
         for layer, h_in, delta in zip(self.network.layers, trace.inputs, deltas, strict=True):
-            if not layer.has_weights:
-                continue
-            with torch.no_grad():
-                weight_update, bias_update = layer.weight_update(h_in, delta)
-            energy = energy + (layer.weight * weight_update).sum()
-            if layer.bias is not None:
-                energy = energy + (layer.bias * bias_update).sum()
-            if layer.has_trainable_feedback:
-                energy = energy + (layer.feedback_weight * weight_update).sum()
-                if layer.feedback_bias is not None:
-                    energy = energy + (layer.feedback_bias * layer.feedback_bias_update(h_in)).sum()
+            if layer.has_weights:
+                energy = energy + layer.counter_hebb_energy(h_in, delta)
         return energy / trace.logits.shape[0]
 
     def training_objective(self, x: Tensor, target: Tensor) -> tuple[Tensor, Tensor, Tensor]:

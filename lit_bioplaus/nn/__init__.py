@@ -6,6 +6,8 @@ from lit_bioplaus.nn.layers import (
     TwoStreamFlatten,
     TwoStreamLayer,
     TwoStreamLinear,
+    TwoStreamResidualBlock,
+    WeightedTwoStreamLayer,
     WeightMode,
 )
 from lit_bioplaus.nn.networks import MLP, ConvNet, TwoStreamNetwork, make_activation
@@ -19,6 +21,8 @@ __all__ = [
     "TwoStreamLayer",
     "TwoStreamLinear",
     "TwoStreamNetwork",
+    "TwoStreamResidualBlock",
     "WeightMode",
+    "WeightedTwoStreamLayer",
     "make_activation",
 ]

@@ -63,8 +63,18 @@ class TwoStreamLayer(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         return self.up(x)
 
+    def gated_down(self, x: Tensor, delta: Tensor) -> Tensor:
+        """Top-down map of an output-side error ``delta`` with bias-blocking, gated inside
+        the layer by its bottom-up activity on input ``x`` (plain layers have no inside)."""
+        return self.down(delta, use_bias=False)
 
-class _WeightedTwoStreamLayer(TwoStreamLayer):
+    def counter_hebb_energy(self, x: Tensor, delta: Tensor) -> Tensor:
+        """Batch-summed lateral energy whose gradient is this layer's Counter-Hebb update
+        for bottom-up input ``x`` and output-side error ``delta`` (zero without weights)."""
+        return delta.new_zeros(())
+
+
+class WeightedTwoStreamLayer(TwoStreamLayer):
     """A two-stream layer with a forward weight, a feedback weight chosen by
     ``weight_mode`` and optional biases in both streams.
 
@@ -127,6 +137,21 @@ class _WeightedTwoStreamLayer(TwoStreamLayer):
         """
         raise NotImplementedError
 
+    def counter_hebb_energy(self, x: Tensor, delta: Tensor) -> Tensor:
+        """``<W, U> + <b, u>`` (plus ``<Wb, U> + <bb, ub>`` for trainable TD weights) with
+        ``(U, u) = weight_update(x, delta)`` computed without autograd, so its gradient is
+        the Counter-Hebb update: ``U`` for ``W`` and, transposed layout, for ``Wb``."""
+        with torch.no_grad():
+            weight_update, bias_update = self.weight_update(x, delta)
+        energy = (self.weight * weight_update).sum()
+        if self.bias is not None:
+            energy = energy + (self.bias * bias_update).sum()
+        if self.has_trainable_feedback:
+            energy = energy + (self.feedback_weight * weight_update).sum()
+            if self.feedback_bias is not None:
+                energy = energy + (self.feedback_bias * self.feedback_bias_update(x)).sum()
+        return energy
+
     def feedback_bias_update(self, x: Tensor) -> Tensor:
         """``x`` summed over the batch (and positions): gradient of ``sum <x, b_bar>``."""
         return x.sum(dim=[d for d in range(x.dim()) if d != 1])
@@ -150,7 +175,7 @@ class _WeightedTwoStreamLayer(TwoStreamLayer):
         return f"weight_mode={self.weight_mode}, bias={self.bias is not None}"
 
 
-class TwoStreamLinear(_WeightedTwoStreamLayer):
+class TwoStreamLinear(WeightedTwoStreamLayer):
     """Linear layer with a mirrored top-down map.
 
     ``up``:   ``(N, in) -> (N, out)``,  ``y = x W^T + b``.
@@ -194,7 +219,7 @@ def conv_output_size(size: int, kernel: int, stride: int, padding: int, dilation
     return (size + 2 * padding - dilation * (kernel - 1) - 1) // stride + 1
 
 
-class TwoStreamConv2d(_WeightedTwoStreamLayer):
+class TwoStreamConv2d(WeightedTwoStreamLayer):
     """2-D convolution whose top-down map is the transposed convolution.
 
     ``up``:   ``(N, C_in, H, W) -> (N, C_out, H', W')`` (any stride / padding / dilation).
@@ -279,3 +304,51 @@ class TwoStreamFlatten(TwoStreamLayer):
 
     def extra_repr(self) -> str:
         return f"shape={self.shape}"
+
+
+class TwoStreamResidualBlock(TwoStreamLayer):
+    """Residual block without batch-norm: ``up(x) = x + conv2(relu(conv1(x)))`` with two
+    3x3, stride-1, padding-1 convolutions of ``channels`` channels (shape preserving).
+
+    ``down(y) = y + conv1.down(relu(conv2.down(y)))`` mirrors it. For learning rules,
+    ``gated_down`` gates the inner top-down value by the inner bottom-up activity
+    (``[relu(conv1(x)) > 0]``, recomputed from ``x``), so with symmetric weights it is
+    exactly backprop through the block.
+    """
+
+    has_weights = True
+
+    def __init__(
+        self,
+        channels: int,
+        input_size: tuple[int, int] | None = None,
+        bias: bool = True,
+        weight_mode: WeightMode = "shared",
+    ) -> None:
+        super().__init__()
+        self.conv1 = TwoStreamConv2d(
+            channels, channels, 3, 1, 1, bias=bias, weight_mode=weight_mode, input_size=input_size
+        )
+        self.conv2 = TwoStreamConv2d(
+            channels, channels, 3, 1, 1, bias=bias, weight_mode=weight_mode, input_size=input_size
+        )
+
+    def up(self, x: Tensor) -> Tensor:
+        return x + self.conv2.up(F.relu(self.conv1.up(x)))
+
+    def down(self, y: Tensor, use_bias: bool = True) -> Tensor:
+        return y + self.conv1.down(F.relu(self.conv2.down(y, use_bias)), use_bias)
+
+    def _inner(self, x: Tensor, delta: Tensor) -> tuple[Tensor, Tensor]:
+        """Inner BU activity ``a = relu(conv1(x))`` and its gated TD error."""
+        inner = F.relu(self.conv1.up(x))
+        return inner, self.conv2.gated_down(inner, delta) * (inner > 0)
+
+    def gated_down(self, x: Tensor, delta: Tensor) -> Tensor:
+        _, inner_delta = self._inner(x, delta)
+        return delta + self.conv1.gated_down(x, inner_delta)
+
+    def counter_hebb_energy(self, x: Tensor, delta: Tensor) -> Tensor:
+        with torch.no_grad():
+            inner, inner_delta = self._inner(x, delta)
+        return self.conv1.counter_hebb_energy(x, inner_delta) + self.conv2.counter_hebb_energy(inner, delta)

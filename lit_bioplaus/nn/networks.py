@@ -14,6 +14,7 @@ from lit_bioplaus.nn.layers import (
     TwoStreamFlatten,
     TwoStreamLayer,
     TwoStreamLinear,
+    WeightedTwoStreamLayer,
     WeightMode,
 )
 
@@ -83,9 +84,9 @@ class TwoStreamNetwork(nn.Module):
             y = layer.down(y, use_bias=use_bias)
         return y
 
-    def weighted_layers(self) -> list[TwoStreamLayer]:
-        """Layers that own weights (linear, conv), bottom to top."""
-        return [layer for layer in self.layers if layer.has_weights]
+    def weighted_layers(self) -> list[WeightedTwoStreamLayer]:
+        """The linear and conv layers, bottom to top (inside blocks too)."""
+        return [module for module in self.modules() if isinstance(module, WeightedTwoStreamLayer)]
 
 
 class MLP(TwoStreamNetwork):
