@@ -7,9 +7,12 @@ subcommand from a model-zoo entry: its recipe config plus its verified weights.
 
 from __future__ import annotations
 
+import itertools
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
+import yaml
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
@@ -71,9 +74,24 @@ def expand_zoo_argument(args: Sequence[str]) -> list[str]:
     return [*rest[:split], "--config", str(recipe), *rest[split:], "--model.init_args.pretrained", name]
 
 
+def check_config_files(args: Sequence[str]) -> None:
+    """Exit with one clear line naming the file when a ``--config`` file is missing or
+    is not valid YAML (rather than a parser error about an anonymous string)."""
+    paths = [value for option, value in itertools.pairwise(args) if option in ("--config", "-c")]
+    paths += [arg.split("=", 1)[1] for arg in args if arg.startswith("--config=")]
+    for path in paths:
+        try:
+            yaml.safe_load(Path(path).read_text())
+        except OSError as err:
+            raise SystemExit(f"error: cannot read config file {path}: {err.strerror}") from None
+        except yaml.YAMLError as err:
+            raise SystemExit(f"error: config file {path} is not valid YAML:\n{err}") from None
+
+
 def main(args: Sequence[str] | None = None, run: bool = True) -> BioplausCLI:
     """Run the CLI on ``args`` (``sys.argv[1:]`` when None); callable from tests."""
     args = expand_zoo_argument(sys.argv[1:] if args is None else args)
+    check_config_files(args)
     return BioplausCLI(
         BioplausModule,
         VisionDataModule,
