@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import copy
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -73,6 +73,24 @@ def collate(batch: tuple[Tensor, Tensor]) -> tuple[Tensor, Tensor]:
     """``collate_fn`` for :class:`InMemoryImageDataset`, whose ``__getitems__`` already
     returns the stacked batch: passes it through."""
     return batch
+
+
+class ResumableSampler(DistributedSampler):
+    """``DistributedSampler`` that can begin an epoch part-way through.
+
+    After a mid-epoch checkpoint, ``resume_from`` (samples of this replica already
+    trained on in the current epoch) makes the next pass skip them, so a resumed run
+    sees exactly the batches the uninterrupted run would have seen.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.resume_from = 0
+
+    def __iter__(self) -> Iterator[int]:
+        indices = list(super().__iter__())
+        start, self.resume_from = self.resume_from, 0
+        return iter(indices[start:])
 
 
 def split_indices(n: int, fraction: float, seed: int) -> tuple[Tensor, Tensor]:
@@ -170,6 +188,7 @@ class VisionDataModule(L.LightningDataModule, ABC):
         self.seed = seed
         self.pin_memory = pin_memory
         self.shuffle = shuffle
+        self._resume_batches = 0
         self.train_set: InMemoryImageDataset | None = None
         self.val_set: InMemoryImageDataset | None = None
         self.test_set: InMemoryImageDataset | None = None
@@ -237,18 +256,32 @@ class VisionDataModule(L.LightningDataModule, ABC):
         ``e`` visits the permutation ``randperm(N)`` seeded with ``seed + e``, and rank
         ``r`` of ``R`` takes every ``R``-th sample of it. So ``R`` processes with batch
         ``B`` see exactly the global batches of one process with batch ``R * B``.
+        After a mid-epoch checkpoint the sampler skips the batches already done.
         """
         if self.train_set is None:
             raise RuntimeError(f"{type(self).__name__}.setup() has not loaded this split yet")
         trainer = self.trainer
-        sampler = DistributedSampler(
+        sampler = ResumableSampler(
             self.train_set,
             num_replicas=trainer.world_size if trainer else 1,
             rank=trainer.global_rank if trainer else 0,
             shuffle=self.shuffle,
             seed=self.seed,
         )
+        sampler.resume_from, self._resume_batches = self._resume_batches * self.batch_size, 0
         return self._dataloader(self.train_set, self.batch_size, sampler=sampler)
+
+    def state_dict(self) -> dict[str, Any]:
+        """Saved in checkpoints: how many training batches of the current epoch are done
+        (non-zero only for a checkpoint taken mid-epoch)."""
+        trainer = self.trainer
+        if trainer is None or not trainer.training:
+            return {}
+        done = trainer.fit_loop.epoch_loop.batch_progress.current.processed
+        return {"train_batches_done": 0 if done >= trainer.num_training_batches else done}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self._resume_batches = int(state_dict.get("train_batches_done", 0))
 
     def val_dataloader(self) -> DataLoader[tuple[Tensor, Tensor]]:
         return self._dataloader(self.val_set, self.eval_batch_size)
