@@ -6,10 +6,14 @@ import torch
 from lit_bioplaus.nn import (
     MLP,
     WEIGHT_MODES,
+    ConvAutoencoder,
     ConvNet,
+    PooledConvNet,
     TwoStreamConv2d,
     TwoStreamFlatten,
     TwoStreamLinear,
+    TwoStreamMaxPool2d,
+    TwoStreamMirror,
     TwoStreamResidualBlock,
 )
 
@@ -117,3 +121,59 @@ def test_residual_block_streams_preserve_shape(mode):
     assert block.up(x).shape == x.shape
     assert block.down(x).shape == x.shape
     assert block.gated_down(x, torch.randn(2, 3, 6, 5)).shape == x.shape
+
+
+@pytest.mark.parametrize(("stride", "size"), [(1, (8, 8)), (2, (8, 8)), (2, (9, 7))])
+def test_upsample_feedback_is_nearest_upsampling_then_convolution(stride, size):
+    torch.manual_seed(0)
+    layer = TwoStreamConv2d(3, 4, 3, stride, 1, weight_mode="asymmetric", input_size=size, feedback="upsample")
+    y = layer.up(torch.randn(2, 3, *size))
+    assert y.shape == (2, 4, *layer.output_size)
+    upsampled = torch.nn.functional.interpolate(y, size=size, mode="nearest")
+    expected = torch.nn.functional.conv_transpose2d(upsampled, layer.feedback_weight, layer.feedback_bias, padding=1)
+    torch.testing.assert_close(layer.down(y), expected)
+
+
+def test_upsample_feedback_needs_a_size_preserving_padding():
+    with pytest.raises(ValueError, match="upsample"):
+        TwoStreamConv2d(3, 4, 3, 2, 0, input_size=(8, 8), feedback="upsample")
+    with pytest.raises(ValueError, match="feedback"):
+        TwoStreamConv2d(3, 4, 3, 2, 1, input_size=(8, 8), feedback="bilinear")
+
+
+def test_max_pool_streams():
+    pool = TwoStreamMaxPool2d((6, 5))
+    x = torch.randn(2, 3, 6, 5)
+    assert pool.up(x).shape == (2, 3, *pool.output_size) == (2, 3, 3, 2)
+    torch.testing.assert_close(pool.down(torch.ones(2, 3, 3, 2)), torch.ones(2, 3, 6, 5))
+
+
+def test_mirror_swaps_streams_and_parameters():
+    conv = TwoStreamConv2d(3, 4, 3, 2, 1, weight_mode="asymmetric", input_size=(8, 8), feedback="upsample")
+    mirror = TwoStreamMirror(conv)
+    y = torch.randn(2, 4, 4, 4)
+    torch.testing.assert_close(mirror.up(y), conv.down(y))
+    assert mirror.down(torch.randn(2, 3, 8, 8)).shape == (2, 4, 4, 4)
+    assert mirror.up_parameters() == conv.down_parameters() and mirror.down_parameters() == conv.up_parameters()
+    with pytest.raises(ValueError, match="separate"):
+        TwoStreamMirror(TwoStreamConv2d(3, 4, 3, 2, 1, input_size=(8, 8)))
+
+
+def test_pooled_convnet_streams():
+    net = PooledConvNet((3, 32, 32), 10, channels=[4, 5, 6, 7, 8])
+    assert net(torch.randn(2, 3, 32, 32)).shape == (2, 10)
+    assert net.down(torch.randn(2, 10)).shape == (2, 3, 32, 32)
+    assert not {id(p) for p in net.up_parameters()} & {id(p) for p in net.down_parameters()}
+    with pytest.raises(ValueError, match="too small"):
+        PooledConvNet((3, 8, 8), 10, channels=[4, 4, 4, 4])
+
+
+def test_conv_autoencoder_streams_and_norms():
+    net = ConvAutoencoder((1, 32, 32), channels=[4, 5, 6, 7])
+    x = torch.randn(3, 1, 32, 32)
+    assert net(x).shape == x.shape and net.down(x).shape == x.shape
+    assert sum(1 for m in net.modules() if isinstance(m, torch.nn.BatchNorm2d)) == 2 * 7
+    up, down = {id(p) for p in net.up_parameters()}, {id(p) for p in net.down_parameters()}
+    assert not up & down and up | down == {id(p) for p in net.parameters()}
+    with pytest.raises(ValueError, match="divisible by 16"):
+        ConvAutoencoder((1, 28, 28), channels=[4, 5, 6, 7])

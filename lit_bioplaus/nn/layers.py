@@ -63,6 +63,14 @@ class TwoStreamLayer(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         return self.up(x)
 
+    def up_parameters(self) -> list[nn.Parameter]:
+        """Trainable parameters of the upward map (the forward network's)."""
+        return [p for child in self.children() if isinstance(child, TwoStreamLayer) for p in child.up_parameters()]
+
+    def down_parameters(self) -> list[nn.Parameter]:
+        """Trainable parameters of the downward map only (the feedback network's)."""
+        return [p for child in self.children() if isinstance(child, TwoStreamLayer) for p in child.down_parameters()]
+
     def gated_down(self, x: Tensor, delta: Tensor) -> Tensor:
         """Top-down map of an output-side error ``delta`` with bias-blocking, gated inside
         the layer by its bottom-up activity on input ``x`` (plain layers have no inside)."""
@@ -121,6 +129,28 @@ class WeightedTwoStreamLayer(TwoStreamLayer):
             if bias and trainable_feedback
             else None
         )
+
+    def reset_feedback_parameters(self) -> None:
+        """Re-initialise a separate feedback weight as PyTorch initialises a layer of its
+        own: Kaiming-uniform on the *feedback* map's fan-in (the forward map's fan-out)."""
+        if self._feedback_weight is not None:
+            with torch.no_grad():
+                nn.init.kaiming_uniform_(self._feedback_weight, a=math.sqrt(5), mode="fan_out")
+
+    def up_parameters(self) -> list[nn.Parameter]:
+        return [self.weight] if self.bias is None else [self.weight, self.bias]
+
+    def down_parameters(self) -> list[nn.Parameter]:
+        if not self.has_trainable_feedback:
+            return []
+        return [p for p in (self._feedback_weight, self.feedback_bias) if p is not None]
+
+    def fan_in_dims(self, param: Tensor) -> tuple[int, ...]:
+        """Dimensions of ``param`` (the weight or the feedback weight, both stored in the
+        forward layout) that index the inputs of the map it belongs to: the forward map
+        reads dim 1 (and the kernel), the feedback map reads dim 0 (and the kernel)."""
+        output_dim = 1 if param is self._feedback_weight else 0
+        return tuple(d for d in range(param.dim()) if d != output_dim)
 
     @property
     def feedback_weight(self) -> Tensor:
@@ -219,14 +249,23 @@ def conv_output_size(size: int, kernel: int, stride: int, padding: int, dilation
     return (size + 2 * padding - dilation * (kernel - 1) - 1) // stride + 1
 
 
+FeedbackMap = Literal["transpose", "upsample"]
+
+
 class TwoStreamConv2d(WeightedTwoStreamLayer):
-    """2-D convolution whose top-down map is the transposed convolution.
+    """2-D convolution with a mirrored downward map.
 
     ``up``:   ``(N, C_in, H, W) -> (N, C_out, H', W')`` (any stride / padding / dilation).
-    ``down``: ``(N, C_out, H', W') -> (N, C_in, H, W)`` = ``conv_transpose2d`` with the
-    feedback weight and the same geometry; ``output_padding`` is chosen from
-    ``input_size`` so the top-down output has exactly the bottom-up input's shape
-    (with ``Wb = W`` this is the adjoint of ``up``).
+    ``down``: ``(N, C_out, H', W') -> (N, C_in, H, W)``, by ``feedback``:
+
+    * ``"transpose"`` -- ``conv_transpose2d`` with the feedback weight and the same
+      geometry; ``output_padding`` is chosen from ``input_size`` so the output has
+      exactly the bottom-up input's shape (with ``Wb = W`` this is the adjoint of ``up``:
+      what Counter-Hebb learning needs).
+    * ``"upsample"`` -- nearest-neighbour upsampling to ``(H, W)``, then a stride-1
+      convolution ``C_out -> C_in`` with the feedback weight (the feedback map of
+      Counter-Current learning); needs ``input_size`` and a size-preserving geometry
+      (``2 * padding == dilation * (kernel - 1)``).
 
     Args:
         input_size: ``(H, W)`` of the bottom-up input. Needed whenever the
@@ -244,11 +283,18 @@ class TwoStreamConv2d(WeightedTwoStreamLayer):
         bias: bool = True,
         weight_mode: WeightMode = "shared",
         input_size: tuple[int, int] | None = None,
+        feedback: FeedbackMap = "transpose",
     ) -> None:
         k, s, p, d = _pair(kernel_size), _pair(stride), _pair(padding), _pair(dilation)
+        preserves_size = all(2 * p_ == d_ * (k_ - 1) for k_, p_, d_ in zip(k, p, d, strict=True))
+        if feedback == "upsample" and (input_size is None or not preserves_size):
+            raise ValueError("feedback='upsample' needs input_size and a size-preserving padding (2p == d (k - 1))")
+        if feedback not in get_args(FeedbackMap):
+            raise ValueError(f"feedback must be one of {get_args(FeedbackMap)}, got {feedback!r}")
         fan_in = in_channels * k[0] * k[1]
         fan_out = out_channels * k[0] * k[1]
         super().__init__((out_channels, in_channels, *k), fan_in, fan_out, bias, weight_mode)
+        self.feedback: FeedbackMap = feedback
         self.in_channels, self.out_channels = in_channels, out_channels
         self.kernel_size, self.stride, self.padding, self.dilation = k, s, p, d
         self.input_size = None if input_size is None else _pair(tuple(input_size))
@@ -278,6 +324,9 @@ class TwoStreamConv2d(WeightedTwoStreamLayer):
 
     def down(self, y: Tensor, use_bias: bool = True) -> Tensor:
         bias = self.feedback_bias if use_bias else None
+        if self.feedback == "upsample":
+            y = F.interpolate(y, size=self.input_size, mode="nearest")
+            return F.conv_transpose2d(y, self.feedback_weight, bias, 1, self.padding, 0, 1, self.dilation)
         return F.conv_transpose2d(
             y, self.feedback_weight, bias, self.stride, self.padding, self.output_padding, 1, self.dilation
         )
@@ -285,7 +334,7 @@ class TwoStreamConv2d(WeightedTwoStreamLayer):
     def extra_repr(self) -> str:
         return (
             f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, "
-            f"stride={self.stride}, padding={self.padding}, " + super().extra_repr()
+            f"stride={self.stride}, padding={self.padding}, feedback={self.feedback}, " + super().extra_repr()
         )
 
 
@@ -304,6 +353,66 @@ class TwoStreamFlatten(TwoStreamLayer):
 
     def extra_repr(self) -> str:
         return f"shape={self.shape}"
+
+
+class TwoStreamMaxPool2d(TwoStreamLayer):
+    """``up``: 2x2 max-pooling, ``(N, C, H, W) -> (N, C, H // 2, W // 2)``; ``down``:
+    nearest-neighbour upsampling back to ``input_size`` (the Counter-Current mirror).
+
+    Args:
+        input_size: ``(H, W)`` of the bottom-up input.
+    """
+
+    def __init__(self, input_size: tuple[int, int]) -> None:
+        super().__init__()
+        self.input_size = _pair(tuple(input_size))
+
+    @property
+    def output_size(self) -> tuple[int, int]:
+        return (self.input_size[0] // 2, self.input_size[1] // 2)
+
+    def up(self, x: Tensor) -> Tensor:
+        return F.max_pool2d(x, 2)
+
+    def down(self, y: Tensor, use_bias: bool = True) -> Tensor:
+        return F.interpolate(y, size=self.input_size, mode="nearest")
+
+    def extra_repr(self) -> str:
+        return f"input_size={self.input_size}"
+
+
+class TwoStreamMirror(TwoStreamLayer):
+    """A two-stream layer turned upside down: ``up`` is the wrapped layer's ``down`` and
+    ``down`` its ``up`` -- e.g. a decoder layer whose forward map upsamples and whose
+    feedback map is a strided convolution. The forward parameters are the wrapped
+    layer's feedback parameters and vice versa.
+
+    (Counter-Hebb learning needs ``up`` / ``down`` to be a weight and its transpose, so
+    it does not run on mirrored layers.)
+    """
+
+    has_weights = True
+
+    def __init__(self, layer: WeightedTwoStreamLayer) -> None:
+        super().__init__()
+        if not layer.has_trainable_feedback:
+            raise ValueError("a mirrored layer needs a separate trainable feedback weight (symmetric or asymmetric)")
+        self.layer = layer
+
+    def up(self, x: Tensor) -> Tensor:
+        return self.layer.down(x)
+
+    def down(self, y: Tensor, use_bias: bool = True) -> Tensor:
+        return self.layer.up(y)
+
+    def up_parameters(self) -> list[nn.Parameter]:
+        return self.layer.down_parameters()
+
+    def down_parameters(self) -> list[nn.Parameter]:
+        return self.layer.up_parameters()
+
+    def counter_hebb_energy(self, x: Tensor, delta: Tensor) -> Tensor:
+        raise NotImplementedError("Counter-Hebb learning does not run on mirrored layers")
 
 
 class TwoStreamResidualBlock(TwoStreamLayer):

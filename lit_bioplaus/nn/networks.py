@@ -14,6 +14,8 @@ from lit_bioplaus.nn.layers import (
     TwoStreamFlatten,
     TwoStreamLayer,
     TwoStreamLinear,
+    TwoStreamMaxPool2d,
+    TwoStreamMirror,
     WeightedTwoStreamLayer,
     WeightMode,
 )
@@ -38,26 +40,74 @@ def make_activation(name: str) -> nn.Module:
         raise ValueError(f"unknown activation {name!r}; choose one of {sorted(_ACTIVATIONS)}") from None
 
 
+def _batch_norm(layer: TwoStreamLayer) -> nn.Module:
+    """Batch-norm over the channels of ``layer``'s upward output."""
+    if isinstance(layer, TwoStreamMirror):
+        return nn.BatchNorm2d(layer.layer.in_channels)
+    if isinstance(layer, TwoStreamConv2d):
+        return nn.BatchNorm2d(layer.out_channels)
+    if isinstance(layer, TwoStreamLinear):
+        return nn.BatchNorm1d(layer.out_features)
+    raise ValueError(f"batch_norm needs a linear or conv layer before each activation, got {type(layer).__name__}")
+
+
 class TwoStreamNetwork(nn.Module):
     """A stack of two-stream layers with an activation after chosen layers.
 
-    The bottom-up stream is ``h_l = act_l(f_l(h_{l-1}))`` with ``h_0 = x``; the last
-    layer is the prediction head (linear output, no activation). The top-down
-    stream runs the layers' ``down`` maps in reverse order.
+    The bottom-up stream is ``h_l = act(norm_l(f_l(h_{l-1})))`` for activated layers
+    (``f_l(h_{l-1})`` otherwise) with ``h_0 = x``; the last layer is the prediction head.
+    The top-down stream runs the layers' ``down`` maps in reverse order, applying the
+    activation (and the stream's own norm) at the same points as the bottom-up stream.
 
     Args:
         layers: the two-stream layers, bottom to top; the last one is the head.
         activated: per layer, whether the activation follows it.
-        activation: name of the bottom-up activation.
+        activation: name of the activation.
+        batch_norm: batch-normalise before every activation, with separate modules (and
+            running statistics) for the two streams.
     """
 
-    def __init__(self, layers: Sequence[TwoStreamLayer], activated: Sequence[bool], activation: Activation) -> None:
+    def __init__(
+        self,
+        layers: Sequence[TwoStreamLayer],
+        activated: Sequence[bool],
+        activation: Activation,
+        batch_norm: bool = False,
+    ) -> None:
         super().__init__()
         if len(layers) != len(activated):
             raise ValueError("layers and activated must have the same length")
         self.layers = nn.ModuleList(layers)
         self.activated: tuple[bool, ...] = tuple(activated)
         self.activation = make_activation(activation)
+        self.up_norms = self.down_norms = None
+        if batch_norm:
+            pairs = list(zip(layers, self.activated, strict=True))
+            self.up_norms, self.down_norms = (
+                nn.ModuleList(_batch_norm(layer) if on else nn.Identity() for layer, on in pairs) for _ in range(2)
+            )
+
+    def up_activation(self, index: int, x: Tensor) -> Tensor:
+        """The upward stream at the output of layer ``index``: ``act(norm(x))`` if activated."""
+        if not self.activated[index]:
+            return x
+        return self.activation(x if self.up_norms is None else self.up_norms[index](x))
+
+    def down_activation(self, index: int, y: Tensor) -> Tensor:
+        """The downward stream at the output of layer ``index``, with its own norm."""
+        if not self.activated[index]:
+            return y
+        return self.activation(y if self.down_norms is None else self.down_norms[index](y))
+
+    def up_parameters(self) -> list[nn.Parameter]:
+        """Parameters of the upward (forward) stream, norms included."""
+        params = [p for layer in self.layers for p in layer.up_parameters()]
+        return params + ([] if self.up_norms is None else list(self.up_norms.parameters()))
+
+    def down_parameters(self) -> list[nn.Parameter]:
+        """Parameters used only by the downward (feedback) stream, norms included."""
+        params = [p for layer in self.layers for p in layer.down_parameters()]
+        return params + ([] if self.down_norms is None else list(self.down_norms.parameters()))
 
     @property
     def head(self) -> TwoStreamLayer:
@@ -66,10 +116,8 @@ class TwoStreamNetwork(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         """Bottom-up pass: ``(N, *input_shape) -> (N, num_outputs)`` logits."""
-        for layer, activated in zip(self.layers, self.activated, strict=True):
-            x = layer.up(x)
-            if activated:
-                x = self.activation(x)
+        for index, layer in enumerate(self.layers):
+            x = self.up_activation(index, layer.up(x))
         return x
 
     def down(self, y: Tensor, use_bias: bool = True) -> Tensor:
@@ -78,10 +126,8 @@ class TwoStreamNetwork(nn.Module):
         The activation follows each layer whose bottom-up mirror is activated,
         applied on the layer's output side before its ``down`` map.
         """
-        for layer, activated in zip(reversed(self.layers), reversed(self.activated), strict=True):
-            if activated:
-                y = self.activation(y)
-            y = layer.down(y, use_bias=use_bias)
+        for index in reversed(range(len(self.layers))):
+            y = self.layers[index].down(self.down_activation(index, y), use_bias=use_bias)
         return y
 
     def weighted_layers(self) -> list[WeightedTwoStreamLayer]:
@@ -168,3 +214,112 @@ class ConvNet(TwoStreamNetwork):
         layers += [TwoStreamLinear(w_in, w_out, bias=bias, weight_mode=weight_mode) for w_in, w_out in pairwise(widths)]
         activated = [True] * len(channels) + [False] + [True] * len(hidden) + [False]
         super().__init__(layers, activated, activation)
+
+
+class PooledConvNet(TwoStreamNetwork):
+    """The Counter-Current paper's CIFAR CNN: 3x3 stride-1 convolutions, each followed by
+    2x2 max-pooling and the activation, then a linear classifier.
+
+    ``conv(channels[0]) - pool - act - ... - conv(channels[-1]) - pool - act - flatten - linear``.
+    Downward: the linear map's feedback, then per stage nearest x2 upsampling and a
+    3x3 convolution (``TwoStreamConv2d(feedback="upsample")`` after ``TwoStreamMaxPool2d``).
+    (Pooling before the activation equals the paper's activation-then-pool for monotone
+    activations, and puts the activation at the pooled point both streams share.)
+
+    Args:
+        input_shape: ``(C, H, W)``; ``H`` and ``W`` must stay >= 1 after the poolings.
+        num_classes: number of outputs.
+        channels: output channels of each convolution (default: the paper's five).
+        activation, bias, weight_mode: as for ``MLP``; Counter-Current learning needs
+            separate feedback weights (``asymmetric``, the default).
+    """
+
+    def __init__(
+        self,
+        input_shape: Sequence[int],
+        num_classes: int,
+        channels: Sequence[int] = (128, 128, 256, 256, 512),
+        activation: Activation = "elu",
+        bias: bool = False,
+        weight_mode: WeightMode = "asymmetric",
+    ) -> None:
+        if len(input_shape) != 3:
+            raise ValueError(f"PooledConvNet needs input_shape (C, H, W), got {tuple(input_shape)}")
+        c, h, w = (int(s) for s in input_shape)
+        layers: list[TwoStreamLayer] = []
+        for out_channels in channels:
+            if min(h, w) < 2:
+                raise ValueError(f"input {tuple(input_shape)} is too small for {len(channels)} 2x2 poolings")
+            layers.append(
+                TwoStreamConv2d(
+                    c, out_channels, 3, 1, 1, bias=bias, weight_mode=weight_mode, input_size=(h, w), feedback="upsample"
+                )
+            )
+            pool = TwoStreamMaxPool2d((h, w))
+            layers.append(pool)
+            c, (h, w) = out_channels, pool.output_size
+        head = TwoStreamLinear(c * h * w, num_classes, bias=bias, weight_mode=weight_mode)
+        layers += [TwoStreamFlatten((c, h, w)), head]
+        activated = [False, True] * len(channels) + [False, False]
+        super().__init__(layers, activated, activation)
+
+
+class ConvAutoencoder(TwoStreamNetwork):
+    """The Counter-Current paper's convolutional autoencoder: ``len(channels)`` stride-2
+    3x3 convolutions down, the mirrored upsample-and-convolve layers back up, batch-norm
+    and the activation after every projection but the last. Output shape = input shape.
+
+    Encoder layer: ``TwoStreamConv2d(stride=2, feedback="upsample")`` (forward: strided
+    conv; feedback: upsample then conv). Decoder layer: the same layer mirrored
+    (``TwoStreamMirror``: forward upsamples then convolves, feedback is a strided conv).
+
+    Args:
+        input_shape: ``(C, H, W)``; ``H`` and ``W`` divisible by ``2 ** len(channels)``.
+        num_classes: ignored (the output is an image); accepted so every network is
+            built from ``(input_shape, num_classes)``.
+        channels: encoder widths, bottom to top (default: the paper's 128-256-1024-2048).
+        activation: activation after every projection but the last.
+        batch_norm: batch-norm (per stream) before every activation.
+        weight_mode: ``asymmetric`` or ``symmetric`` (separate feedback weights).
+    """
+
+    def __init__(
+        self,
+        input_shape: Sequence[int],
+        num_classes: int = 0,
+        channels: Sequence[int] = (128, 256, 1024, 2048),
+        activation: Activation = "relu",
+        batch_norm: bool = True,
+        weight_mode: WeightMode = "asymmetric",
+    ) -> None:
+        if len(input_shape) != 3:
+            raise ValueError(f"ConvAutoencoder needs input_shape (C, H, W), got {tuple(input_shape)}")
+        c, h, w = (int(s) for s in input_shape)
+        if h % 2 ** len(channels) or w % 2 ** len(channels):
+            raise ValueError(f"ConvAutoencoder needs H and W divisible by {2 ** len(channels)}, got {(h, w)}")
+        encoder: list[TwoStreamConv2d] = []
+        for out_channels in channels:
+            conv = TwoStreamConv2d(
+                c, out_channels, 3, 2, 1, bias=False, weight_mode=weight_mode, input_size=(h, w), feedback="upsample"
+            )
+            encoder.append(conv)
+            c, (h, w) = out_channels, conv.output_size
+        mirrored = [
+            TwoStreamMirror(
+                TwoStreamConv2d(
+                    layer.in_channels,
+                    layer.out_channels,
+                    3,
+                    2,
+                    1,
+                    bias=False,
+                    weight_mode=weight_mode,
+                    input_size=layer.input_size,
+                    feedback="upsample",
+                )
+            )
+            for layer in reversed(encoder)
+        ]
+        layers: list[TwoStreamLayer] = [*encoder, *mirrored]
+        activated = [True] * (len(layers) - 1) + [False]
+        super().__init__(layers, activated, activation, batch_norm=batch_norm)
