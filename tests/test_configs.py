@@ -45,4 +45,4 @@ def test_config_fits(config, data_root, tmp_path):
         ]
     )
     assert cli.trainer.state.finished
-    assert "test/acc" in cli.trainer.callback_metrics
+    assert f"test/{cli.model.metric_name}" in cli.trainer.callback_metrics

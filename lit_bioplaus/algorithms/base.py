@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any, Literal
 
 import lightning as L
 import torch
 import torch.nn.functional as F
+import torchvision
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
+from lightning.pytorch.loggers import Logger, TensorBoardLogger, WandbLogger
 from torch import Tensor
-from torchmetrics import MeanMetric
+from torchmetrics import MeanMetric, MeanSquaredError
 from torchmetrics.classification import MulticlassAccuracy
 
 from lit_bioplaus.nn import MLP, TwoStreamNetwork
@@ -20,6 +23,7 @@ NetworkFactory = Callable[[Sequence[int], int], TwoStreamNetwork]
 ``lit_bioplaus.nn`` (e.g. ``MLP``) whose other ``init_args`` come from the config."""
 
 Loss = Literal["ce", "mse"]
+Task = Literal["classification", "autoencoder"]
 
 
 def classification_loss(logits: Tensor, target: Tensor, loss: Loss) -> Tensor:
@@ -38,14 +42,43 @@ def classification_loss(logits: Tensor, target: Tensor, loss: Loss) -> Tensor:
     raise ValueError(f"unknown loss {loss!r}; choose 'ce' or 'mse'")
 
 
+def log_reconstructions(loggers: Sequence[Logger], inputs: Tensor, outputs: Tensor, epoch: int, count: int = 8) -> None:
+    """Log a grid of the first ``count`` inputs (top row) above their reconstructions
+    (bottom row), each image min-max scaled: to W&B as ``val/reconstructions``, to
+    TensorBoard as an image, and for other loggers as ``reconstructions/epoch_{epoch}.png``
+    in the run directory.
+
+    Args:
+        inputs, outputs: ``(N, C, H, W)`` images and reconstructions.
+    """
+    count = min(count, inputs.shape[0])
+    images = torch.cat([inputs[:count], outputs[:count]]).detach().float().cpu()
+    grid = torchvision.utils.make_grid(images, nrow=count, normalize=True, scale_each=True)
+    for logger in loggers:
+        if isinstance(logger, WandbLogger):
+            logger.log_image(key="val/reconstructions", images=[grid], caption=[f"epoch {epoch}: inputs / outputs"])
+        elif isinstance(logger, TensorBoardLogger):
+            logger.experiment.add_image("val/reconstructions", grid, epoch)
+        elif logger.log_dir is not None:
+            folder = Path(logger.log_dir) / "reconstructions"
+            folder.mkdir(parents=True, exist_ok=True)
+            torchvision.utils.save_image(grid, folder / f"epoch_{epoch}.png")
+
+
 class BioplausModule(L.LightningModule):
-    """Shared parts of every algorithm: the network, the loss, accuracy metrics, the
-    training step, validation / test / predict steps and the optimizer from the config.
+    """Shared parts of every algorithm: the network, the loss, metrics, the training
+    step, validation / test / predict steps and the optimizer from the config.
 
     Subclasses implement ``training_objective`` (the learning rule): a scalar whose
     gradient is the rule's update. Every rule then trains the same way, with manual
-    optimization: ``zero_grad``, one ``manual_backward(objective)``, ``step`` (so DDP
-    all-reduces the update and mixed precision scales it), then the scheduler.
+    optimization: ``zero_grad``, one ``manual_backward(objective)``, ``step`` of every
+    optimizer (so DDP all-reduces the update and mixed precision scales it), then the
+    schedulers.
+
+    Tasks: ``classification`` (targets are class labels; accuracy is logged) and
+    ``autoencoder`` (the target is the input image itself; the loss is the MSE of the
+    reconstruction, logged as ``{stage}/mse``, and validation logs an image grid of
+    inputs above reconstructions).
 
     Args:
         network: builds the two-stream network from ``(input_shape, num_classes)``.
@@ -61,6 +94,7 @@ class BioplausModule(L.LightningModule):
             is not available with manual optimization).
         pretrained: name of a model-zoo entry whose weights are loaded after
             construction (see ``lit_bioplaus.zoo``); verified by sha256.
+        task: ``"classification"`` or ``"autoencoder"``.
     """
 
     def __init__(
@@ -74,6 +108,7 @@ class BioplausModule(L.LightningModule):
         loss: Loss = "ce",
         gradient_clip_val: float | None = None,
         pretrained: str | None = None,
+        task: Task = "classification",
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
@@ -81,33 +116,52 @@ class BioplausModule(L.LightningModule):
         self.gradient_clip_val = gradient_clip_val
         self.num_classes = num_classes
         self.input_shape = tuple(input_shape)
-        self.network = network(self.input_shape, num_classes)
+        self.network = self.build_network(network)
         self.optimizer_factory = optimizer
         self.lr_scheduler_factory = lr_scheduler
         self.scheduler_interval = scheduler_interval
         self.loss_name: Loss = loss
-        self.train_acc = MulticlassAccuracy(num_classes, average="micro", validate_args=False)
-        self.val_acc = MulticlassAccuracy(num_classes, average="micro", validate_args=False)
-        self.test_acc = MulticlassAccuracy(num_classes, average="micro", validate_args=False)
+        if task not in ("classification", "autoencoder"):
+            raise ValueError(f"task must be 'classification' or 'autoencoder', got {task!r}")
+        self.task: Task = task
+        metric = (
+            (lambda: MulticlassAccuracy(num_classes, average="micro", validate_args=False))
+            if task == "classification"
+            else MeanSquaredError
+        )
+        self.train_metric, self.val_metric, self.test_metric = metric(), metric(), metric()
+        self.metric_name = "acc" if task == "classification" else "mse"
         self.train_loss = MeanMetric()
         if pretrained is not None:
             from lit_bioplaus.zoo import load_state_dict
 
             self.load_state_dict(load_state_dict(pretrained))
 
+    def build_network(self, network: NetworkFactory) -> TwoStreamNetwork:
+        """The network from its factory (a hook for rules that initialise it their way)."""
+        return network(self.input_shape, self.num_classes)
+
     def forward(self, x: Tensor) -> Tensor:
         """``(N, *input_shape) -> (N, num_classes)`` logits of the bottom-up network."""
         return self.network(x)
 
     def loss(self, logits: Tensor, target: Tensor) -> Tensor:
+        """Batch loss of the outputs against the target (labels, or the input image)."""
+        if self.task == "autoencoder":
+            return F.mse_loss(logits, target)
         return classification_loss(logits, target, self.loss_name)
+
+    def split_batch(self, batch: tuple[Tensor, Tensor]) -> tuple[Tensor, Tensor]:
+        """``(input, target)``: the labels for classification, the image for an autoencoder."""
+        x, labels = batch
+        return (x, x) if self.task == "autoencoder" else (x, labels)
 
     def training_objective(self, x: Tensor, target: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """The learning rule on one batch.
 
         Args:
             x: ``(N, *input_shape)`` inputs.
-            target: ``(N,)`` class labels.
+            target: ``(N,)`` class labels, or for an autoencoder the images ``x``.
 
         Returns:
             ``(objective, loss, logits)``: the scalar whose gradient is the update, the
@@ -116,30 +170,43 @@ class BioplausModule(L.LightningModule):
         raise NotImplementedError
 
     def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
-        x, target = batch
+        x, target = self.split_batch(batch)
         objective, loss, logits = self.training_objective(x, target)
-        optimizer = self.optimizers()
-        optimizer.zero_grad()
+        optimizers = self.optimizer_list()
+        for optimizer in optimizers:
+            optimizer.zero_grad()
         self.manual_backward(objective)
-        optimizer.step()
+        for optimizer in optimizers:
+            optimizer.step()
         self.step_scheduler("step")
         self.log_train_metrics(loss, logits, target, batch_idx)
         return loss
 
+    def optimizer_list(self) -> list[Any]:
+        """The (Lightning-wrapped) optimizers, in ``configure_optimizers`` order."""
+        optimizers = self.optimizers()
+        return optimizers if isinstance(optimizers, list) else [optimizers]
+
     def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
-        if self.gradient_clip_val is not None:
-            self.clip_gradients(optimizer, gradient_clip_val=self.gradient_clip_val, gradient_clip_algorithm="norm")
+        clip = self.gradient_clip_value(optimizer)
+        if clip is not None:
+            self.clip_gradients(optimizer, gradient_clip_val=clip, gradient_clip_algorithm="norm")
+
+    def gradient_clip_value(self, optimizer: torch.optim.Optimizer) -> float | None:
+        """The global-norm clip for ``optimizer``'s update (None: no clipping)."""
+        return self.gradient_clip_val
 
     def step_scheduler(self, interval: str) -> None:
-        """Step the LR scheduler if ``interval`` is its ``scheduler_interval``
-        (manual optimization: Lightning does not step it)."""
-        scheduler = self.lr_schedulers()
-        if scheduler is None or interval != self.scheduler_interval:
+        """Step the LR schedulers if ``interval`` is their ``scheduler_interval``
+        (manual optimization: Lightning does not step them)."""
+        schedulers = self.lr_schedulers()
+        if schedulers is None or interval != self.scheduler_interval:
             return
-        if isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
-            scheduler.step(self.trainer.callback_metrics["val/loss"])
-        else:
-            scheduler.step()
+        for scheduler in schedulers if isinstance(schedulers, list) else [schedulers]:
+            if isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
+                scheduler.step(self.trainer.callback_metrics["val/loss"])
+            else:
+                scheduler.step()
 
     def log_train_metrics(self, loss: Tensor, logits: Tensor, target: Tensor, batch_idx: int) -> None:
         """Accumulate the epoch's training loss and accuracy (logged by
@@ -147,37 +214,41 @@ class BioplausModule(L.LightningModule):
         ``trainer.log_every_n_steps`` batches: a ``self.log`` call costs about a
         millisecond, as much as a whole small-batch step."""
         self.train_loss.update(loss, weight=target.shape[0])
-        self.train_acc.update(logits.detach(), target)
+        self.train_metric.update(logits.detach(), target)
         every = self.trainer.log_every_n_steps
         if every and batch_idx % every == 0:
             self.log("train/loss_step", loss, prog_bar=True)
 
     def on_train_epoch_end(self) -> None:
         self.log("train/loss_epoch", self.train_loss.compute())
-        self.log("train/acc", self.train_acc.compute())
+        self.log(f"train/{self.metric_name}", self.train_metric.compute())
         self.train_loss.reset()
-        self.train_acc.reset()
+        self.train_metric.reset()
         self.step_scheduler("epoch")
 
-    def _evaluate(self, batch: tuple[Tensor, Tensor], stage: str) -> Tensor:
-        x, target = batch
+    def _evaluate(self, batch: tuple[Tensor, Tensor], stage: str) -> tuple[Tensor, Tensor]:
+        x, target = self.split_batch(batch)
         logits = self(x)
         loss = self.loss(logits, target)
-        metric = self.val_acc if stage == "val" else self.test_acc
+        metric = self.val_metric if stage == "val" else self.test_metric
         metric(logits, target)
         self.log(f"{stage}/loss", loss, prog_bar=stage == "val")
-        self.log(f"{stage}/acc", metric, prog_bar=stage == "val")
-        return loss
+        self.log(f"{stage}/{self.metric_name}", metric, prog_bar=stage == "val")
+        return loss, logits
 
     def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
-        return self._evaluate(batch, "val")
+        loss, outputs = self._evaluate(batch, "val")
+        if self.task == "autoencoder" and batch_idx == 0 and self.trainer.is_global_zero:
+            log_reconstructions(self.loggers, batch[0], outputs, self.current_epoch)
+        return loss
 
     def test_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
-        return self._evaluate(batch, "test")
+        return self._evaluate(batch, "test")[0]
 
     def predict_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
-        """Class probabilities ``(N, num_classes)``."""
-        return self(batch[0]).softmax(dim=-1)
+        """Class probabilities ``(N, num_classes)``, or reconstructions for an autoencoder."""
+        outputs = self(batch[0])
+        return outputs if self.task == "autoencoder" else outputs.softmax(dim=-1)
 
     def configure_optimizers(self) -> Any:
         optimizer = self.optimizer_factory(self.trainable_parameters())

@@ -69,11 +69,9 @@ class CounterHebb(BioplausModule):
         """Bottom-up pass ``x -> y`` keeping each layer's input and activated output."""
         network = self.network
         trace = UpTrace([], [])
-        for layer, activated in zip(network.layers, network.activated, strict=True):
+        for index, layer in enumerate(network.layers):
             trace.inputs.append(x)
-            x = layer.up(x)
-            if activated:
-                x = network.activation(x)
+            x = network.up_activation(index, layer.up(x))
             trace.outputs.append(x)
         return trace
 

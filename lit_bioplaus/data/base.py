@@ -10,6 +10,7 @@ from typing import Any, ClassVar
 
 import lightning as L
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 
@@ -131,13 +132,16 @@ class VisionDataModule(L.LightningDataModule, ABC):
         pin_memory: pin batches in page-locked memory (faster host-to-GPU copies).
         shuffle: reshuffle the training split every epoch; false keeps the split's
             order (e.g. to compare runs with different numbers of DDP processes).
+        pad: zero-pad every image by this many pixels on each side (e.g. 2 turns
+            28x28 into 32x32 for networks that halve the size four times);
+            ``input_shape`` grows to match.
     """
 
     name: ClassVar[str]
     """Human-readable name of the data set, used in messages."""
     num_classes: ClassVar[int]
-    input_shape: ClassVar[tuple[int, int, int]]
-    """``(C, H, W)`` of one image."""
+    input_shape: tuple[int, int, int]
+    """``(C, H, W)`` of one image as served (after ``pad``)."""
     mean: ClassVar[tuple[float, ...]]
     """Per-channel mean of the data set's images scaled to ``[0, 1]``."""
     std: ClassVar[tuple[float, ...]]
@@ -173,8 +177,11 @@ class VisionDataModule(L.LightningDataModule, ABC):
         seed: int = 0,
         pin_memory: bool = False,
         shuffle: bool = True,
+        pad: int = 0,
     ) -> None:
         super().__init__()
+        if pad < 0:
+            raise ValueError(f"pad must be non-negative, got {pad}")
         if batch_size < 1 or (eval_batch_size is not None and eval_batch_size < 1):
             raise ValueError("batch sizes must be positive")
         if not 0 <= val_fraction < 1:
@@ -188,6 +195,9 @@ class VisionDataModule(L.LightningDataModule, ABC):
         self.seed = seed
         self.pin_memory = pin_memory
         self.shuffle = shuffle
+        self.pad = pad
+        channels, height, width = type(self).input_shape
+        self.input_shape = (channels, height + 2 * pad, width + 2 * pad)
         self._resume_batches = 0
         self.train_set: InMemoryImageDataset | None = None
         self.val_set: InMemoryImageDataset | None = None
@@ -337,10 +347,11 @@ class VisionDataModule(L.LightningDataModule, ABC):
 
     def _load_dataset(self, train: bool) -> InMemoryImageDataset:
         images, targets = self.load_split(train)
-        if images.shape[1:] != self.input_shape:
-            raise ValueError(
-                f"{self.name}: expected images of shape (N, *{self.input_shape}), got {tuple(images.shape)}"
-            )
+        stored_shape = type(self).input_shape
+        if images.shape[1:] != stored_shape:
+            raise ValueError(f"{self.name}: expected images of shape (N, *{stored_shape}), got {tuple(images.shape)}")
+        if self.pad:
+            images = F.pad(images, (self.pad,) * 4)
         return InMemoryImageDataset(images, targets, self.mean, self.std)
 
     def _dataloader(
