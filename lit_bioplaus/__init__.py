@@ -1,6 +1,20 @@
 """lit-bioplaus: biologically plausible learning rules as PyTorch Lightning modules."""
 
-from lit_bioplaus.algorithms import BackProp, BioplausModule
+from lit_bioplaus.algorithms import (
+    BackProp,
+    BioplausModule,
+    CounterCurrent,
+    CounterHebb,
+    DirectFeedbackAlignment,
+    FeedbackAlignment,
+)
 
-__all__ = ["BackProp", "BioplausModule"]
+__all__ = [
+    "BackProp",
+    "BioplausModule",
+    "CounterCurrent",
+    "CounterHebb",
+    "DirectFeedbackAlignment",
+    "FeedbackAlignment",
+]
 __version__ = "0.1.0"

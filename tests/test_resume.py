@@ -1,4 +1,5 @@
-"""Resuming from a mid-epoch checkpoint ends exactly where the uninterrupted run ends."""
+"""Resuming from a mid-epoch checkpoint ends exactly where the uninterrupted run ends:
+parameters, every optimizer's state and every scheduler's state."""
 
 from __future__ import annotations
 
@@ -10,38 +11,70 @@ import torch
 from lit_bioplaus.cli import main
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
-TOTAL_STEPS, CHECKPOINT_STEP = 60, 25  # Digits, batch 32: 41 batches per epoch
 
 
-def fit(config: str, directory: Path, max_steps: int, *extra: str) -> dict[str, torch.Tensor]:
+def schedule(prefix: str) -> list[str]:
+    """Overrides giving the optimizer under ``prefix`` an exponential LR schedule."""
+    return [f"--{prefix}lr_scheduler", "torch.optim.lr_scheduler.ExponentialLR", f"--{prefix}lr_scheduler.gamma", "0.5"]
+
+
+def momentum(prefix: str) -> list[str]:
+    """Overrides giving the SGD optimizer under ``prefix`` momentum (state to restore)."""
+    return [f"--{prefix}optimizer.momentum", "0.9"]
+
+
+# Digits at batch 32 (64 for CCL) has 41 (21) batches per epoch; CCL makes two optimizer
+# steps (global steps) per batch. Every run crosses an epoch boundary after the checkpoint.
+FORWARD, FEEDBACK = "model.init_args.", "model.init_args.feedback_"
+CASES = {
+    "quickstart.yaml": (60, 26, schedule(FORWARD)),
+    "quickstart_ch.yaml": (60, 26, schedule(FORWARD)),
+    "quickstart_ccl.yaml": (60, 26, [*schedule(FORWARD), *schedule(FEEDBACK), *momentum(FORWARD), *momentum(FEEDBACK)]),
+}
+
+
+def fit(config: str, directory: Path, max_steps: int, *extra: str):
     cli = main([
         "fit", "--config", str(CONFIGS / config), "--trainer.max_steps", str(max_steps),
         "--trainer.max_epochs", "-1", "--trainer.logger", "false",
         "--trainer.enable_progress_bar", "false", "--test_after_fit", "false",
         "--trainer.default_root_dir", str(directory),
-        "--model.init_args.lr_scheduler", "torch.optim.lr_scheduler.ExponentialLR",
-        "--model.init_args.lr_scheduler.gamma", "0.5",
+        *CASES[config][2],
         *extra,
     ])  # fmt: skip
     return {name: p.detach().clone() for name, p in cli.model.named_parameters()}, cli
 
 
-@pytest.mark.parametrize("config", ["quickstart.yaml", "quickstart_ch.yaml"])
+def states(cli) -> tuple[list[dict], list[dict]]:
+    """State dicts of the run's optimizers and LR schedulers."""
+    optimizers = [optimizer.state_dict() for optimizer in cli.trainer.optimizers]
+    schedulers = [config.scheduler.state_dict() for config in cli.trainer.lr_scheduler_configs]
+    return optimizers, schedulers
+
+
+@pytest.mark.parametrize("config", CASES)
 def test_resume_from_mid_epoch_checkpoint(config, tmp_path):
-    reference, straight = fit(config, tmp_path / "straight", TOTAL_STEPS)
+    total_steps, checkpoint_step, _ = CASES[config]
+    reference, straight = fit(config, tmp_path / "straight", total_steps)
     fit(
-        config, tmp_path / "first", CHECKPOINT_STEP,
+        config, tmp_path / "first", checkpoint_step,
         "--trainer.callbacks+=lightning.pytorch.callbacks.ModelCheckpoint",
         f"--trainer.callbacks.dirpath={tmp_path / 'ckpt'}",
-        f"--trainer.callbacks.every_n_train_steps={CHECKPOINT_STEP}",
+        f"--trainer.callbacks.every_n_train_steps={checkpoint_step}",
         "--trainer.callbacks.filename=mid",
     )  # fmt: skip
     checkpoint = tmp_path / "ckpt" / "mid.ckpt"
     state = torch.load(checkpoint, weights_only=False)
-    assert state["global_step"] == CHECKPOINT_STEP and state["epoch"] == 0  # mid-epoch
-    resumed, cli = fit(config, tmp_path / "second", TOTAL_STEPS, "--ckpt_path", str(checkpoint))
-    assert cli.trainer.global_step == TOTAL_STEPS
-    assert cli.model.lr_schedulers().state_dict() == straight.model.lr_schedulers().state_dict()
-    assert cli.model.optimizers().optimizer.state_dict()["state"].keys()
+    assert state["global_step"] == checkpoint_step and state["epoch"] == 0  # mid-epoch
+    resumed, cli = fit(config, tmp_path / "second", total_steps, "--ckpt_path", str(checkpoint))
+    assert cli.trainer.global_step == total_steps
+    assert cli.trainer.current_epoch >= 1
+    (optimizers, schedulers), (expected_optimizers, expected_schedulers) = states(cli), states(straight)
+    assert len(schedulers) == len(expected_schedulers) == len(optimizers) >= 1
+    assert schedulers == expected_schedulers
+    for optimizer, expected in zip(optimizers, expected_optimizers, strict=True):
+        assert optimizer["state"].keys() == expected["state"].keys() and optimizer["state"]
+        for key, value in expected["state"].items():
+            torch.testing.assert_close(optimizer["state"][key], value, rtol=0, atol=1e-6)
     for name, value in reference.items():
         torch.testing.assert_close(resumed[name], value, rtol=0, atol=1e-6, msg=name)

@@ -2,11 +2,13 @@
 
 from lit_bioplaus.algorithms.backprop import BackProp
 from lit_bioplaus.algorithms.base import BioplausModule, classification_loss
+from lit_bioplaus.algorithms.counter_current import CounterCurrent
 from lit_bioplaus.algorithms.counter_hebb import CounterHebb, DirectFeedbackAlignment, FeedbackAlignment
 
 __all__ = [
     "BackProp",
     "BioplausModule",
+    "CounterCurrent",
     "CounterHebb",
     "DirectFeedbackAlignment",
     "FeedbackAlignment",

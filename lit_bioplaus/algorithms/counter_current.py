@@ -1,0 +1,238 @@
+"""Counter-Current learning (Kao & Hariharan, NeurIPS 2024).
+
+A forward network maps the input up, a feedback network of mirrored architecture maps
+the target down; layer ``l`` owns a forward map ``U_l`` and a feedback map ``V_l``
+(separate parameters, the two streams of a two-stream layer):
+
+    a_l = act(U_l sg(a_{l-1})),  a_0 = x        b_{l-1} = act(V_l sg(b_l)),  b_L = target
+
+with ``sg`` = stop-gradient (detach) on every layer input, so each local loss below only
+trains the maps that produced its two arguments. Local losses pair ``a_l`` with ``b_l``
+at the input of every weighted layer:
+
+* classification (``b_L`` = all ``C`` class one-hots, so ``B_l`` has ``C`` rows):
+  ``similarity="dot"``: ``s * mse(A B^T, Y) / d`` with ``Y`` the ``N x C`` label
+  indicator, ``d`` the width (the official MLP recipe: ``s = 0.5 * 256``);
+  ``similarity="cosine"``: rows L2-normalised, ``s * mse(A B^T, Y)`` plus the
+  anti-collapse terms ``c * (mse(A A^T, I) + mse(B B^T, I))`` (the CNN recipe);
+  the top forward layer learns from the cross-entropy of the logits;
+* autoencoder (``b_L`` = the image): ``mse(a_l, b_l)`` at every point, output included.
+
+All local losses are summed into one objective and one ``manual_backward``: the
+detaches keep every gradient local, and DDP / AMP / clipping see ordinary gradients.
+The forward and the feedback network have separate optimizers (and schedulers, clips).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+import torch
+import torch.nn.functional as F
+from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
+from torch import Tensor
+
+from lit_bioplaus.algorithms.base import BioplausModule, NetworkFactory
+from lit_bioplaus.nn import TwoStreamNetwork, WeightedTwoStreamLayer
+
+Similarity = Literal["dot", "cosine"]
+
+
+class CounterCurrent(BioplausModule):
+    """Counter-Current learning on a two-stream network with separate feedback weights
+    (manual optimization, two optimizers: forward network first, feedback second).
+
+    ``trainer.global_step`` counts optimizer steps, so it advances by 2 per batch:
+    ``max_steps`` and the logs' x-axis count both networks' steps.
+
+    Args:
+        optimizer: the forward network's optimizer factory.
+        lr_scheduler: the forward network's scheduler factory.
+        gradient_clip_val: global-norm clip of the forward network's update.
+        feedback_optimizer: the feedback network's optimizer factory.
+        feedback_lr_scheduler: the feedback network's scheduler factory (stepped on
+            ``scheduler_interval`` like the forward one).
+        feedback_gradient_clip_val: global-norm clip of the feedback network's update.
+        similarity: ``"dot"`` (un-normalised, MLP recipe) or ``"cosine"`` (CNN recipe).
+        similarity_scale: ``s`` above.
+        anti_collapse_scale: ``c`` above (``cosine`` only).
+        warmup_steps: the objective is scaled by ``min(1, (batch + 1) / warmup_steps)``
+            over the first batches (0: no warm-up).
+        gradient_centralization: subtract from every weight's update its mean over the
+            map's inputs (per output unit / output channel), before clipping.
+        target_filter: drop from the local losses the samples whose predicted
+            probability of the true class is within this distance of 1 (None: keep all).
+        **kwargs: see ``BioplausModule`` (``task``: classification or autoencoder).
+    """
+
+    def __init__(
+        self,
+        network: NetworkFactory,
+        optimizer: OptimizerCallable = torch.optim.SGD,
+        lr_scheduler: LRSchedulerCallable | None = None,
+        gradient_clip_val: float | None = None,
+        feedback_optimizer: OptimizerCallable = torch.optim.SGD,
+        feedback_lr_scheduler: LRSchedulerCallable | None = None,
+        feedback_gradient_clip_val: float | None = None,
+        similarity: Similarity = "dot",
+        similarity_scale: float = 128.0,
+        anti_collapse_scale: float = 0.0,
+        warmup_steps: int = 0,
+        gradient_centralization: bool = False,
+        target_filter: float | None = None,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(network=network, optimizer=optimizer, lr_scheduler=lr_scheduler, **kwargs)
+        self.gradient_clip_val = gradient_clip_val
+        if similarity not in ("dot", "cosine"):
+            raise ValueError(f"similarity must be 'dot' or 'cosine', got {similarity!r}")
+        self.feedback_optimizer_factory = feedback_optimizer
+        self.feedback_lr_scheduler_factory = feedback_lr_scheduler
+        self.feedback_gradient_clip_val = feedback_gradient_clip_val
+        self.similarity: Similarity = similarity
+        self.similarity_scale = similarity_scale
+        self.anti_collapse_scale = anti_collapse_scale
+        self.warmup_steps = warmup_steps
+        self.gradient_centralization = gradient_centralization
+        self.target_filter = target_filter
+        self._fan_in_dims = {
+            id(param): layer.fan_in_dims(param)
+            for layer in self.network.modules()
+            if isinstance(layer, WeightedTwoStreamLayer)
+            for param in (layer.weight, layer.feedback_weight)
+        }
+
+    def build_network(self, network: NetworkFactory) -> TwoStreamNetwork:
+        """The network, with every feedback map initialised as a layer of its own
+        (Kaiming-uniform on the feedback map's fan-in, as in the official code)."""
+        built = super().build_network(network)
+        layers = [m for m in built.modules() if isinstance(m, WeightedTwoStreamLayer)]
+        if not all(layer.has_trainable_feedback for layer in layers):
+            raise ValueError("CounterCurrent needs separate trainable feedback weights: use weight_mode 'asymmetric'")
+        for layer in layers:
+            layer.reset_feedback_parameters()
+        return built
+
+    # --- the two streams ------------------------------------------------------------------
+    def forward_activities(self, x: Tensor) -> list[Tensor]:
+        """``a_l`` at the input of every weighted layer, bottom to top, then the output;
+        every weighted layer's input is detached, so ``a_l`` depends only on the
+        parameters of the weighted layer below it (and of the norms in between)."""
+        network, activities = self.network, []
+        for index, layer in enumerate(network.layers):
+            if layer.has_weights:
+                activities.append(x)
+                x = x.detach()
+            x = network.up_activation(index, layer.up(x))
+        return [*activities, x]
+
+    def feedback_activities(self, top: Tensor) -> list[Tensor]:
+        """``b_l`` at the same points as ``forward_activities`` (bottom to top, ``top``
+        last), from the feedback network run down from ``top`` with detached inputs."""
+        network, signals, y = self.network, [top], top
+        for index in reversed(range(len(network.layers))):
+            layer = network.layers[index]
+            y = layer.down(y.detach() if layer.has_weights else y)
+            if index > 0:
+                y = network.down_activation(index - 1, y)
+            if layer.has_weights:
+                signals.append(y)
+        return signals[::-1]
+
+    # --- the local losses -----------------------------------------------------------------
+    def similarity_loss(self, activity: Tensor, signal: Tensor, target: Tensor, keep: Tensor | None) -> Tensor:
+        """Classification pair loss at one point.
+
+        Args:
+            activity: ``(N, ...)`` forward activity ``a_l``.
+            signal: ``(C, ...)`` feedback activity ``b_l`` of the ``C`` class one-hots.
+            target: ``(N,)`` labels.
+            keep: ``(N,)`` 0/1 weights of the samples that take part (None: all).
+        """
+        a, b = activity.flatten(1), signal.flatten(1)
+        if keep is not None:
+            a = a * keep[:, None]
+        labels = F.one_hot(target, b.shape[0]).to(a.dtype)
+        if self.similarity == "dot":
+            return self.similarity_scale * F.mse_loss(a @ b.T, labels) / a.shape[1]
+        a, b = F.normalize(a, dim=1), F.normalize(b, dim=1)
+        loss = self.similarity_scale * F.mse_loss(a @ b.T, labels)
+        if self.anti_collapse_scale:
+            eye_a = torch.eye(a.shape[0], device=a.device, dtype=a.dtype)
+            eye_b = torch.eye(b.shape[0], device=b.device, dtype=b.dtype)
+            loss = loss + self.anti_collapse_scale * (F.mse_loss(a @ a.T, eye_a) + F.mse_loss(b @ b.T, eye_b))
+        return loss
+
+    def filter_mask(self, logits: Tensor, target: Tensor) -> Tensor | None:
+        """``(N,)`` 1 for samples whose true-class probability is not yet within
+        ``target_filter`` of 1, else 0 (None when filtering is off)."""
+        if self.target_filter is None:
+            return None
+        with torch.no_grad():
+            confidence = logits.float().softmax(dim=-1).gather(1, target[:, None]).squeeze(1)
+            return (confidence <= 1.0 - self.target_filter).to(logits.dtype)
+
+    def local_losses(self, x: Tensor, target: Tensor) -> tuple[list[Tensor], Tensor]:
+        """``(losses, outputs)``: one loss per learning point, bottom to top (for
+        classification the last is the cross-entropy of the logits), and the outputs."""
+        activities = self.forward_activities(x)
+        outputs = activities[-1]
+        if self.task == "autoencoder":
+            signals = self.feedback_activities(target)
+            return [F.mse_loss(a, b) for a, b in zip(activities, signals, strict=True)], outputs
+        top = torch.eye(self.num_classes, device=x.device, dtype=outputs.dtype)
+        signals = self.feedback_activities(top)
+        keep = self.filter_mask(outputs, target)
+        losses = [self.similarity_loss(a, b, target, keep) for a, b in zip(activities[:-1], signals[:-1], strict=True)]
+        return [*losses, F.cross_entropy(outputs, target)], outputs
+
+    def training_objective(self, x: Tensor, target: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """Sum of the local losses, scaled by the warm-up factor."""
+        losses, outputs = self.local_losses(x, target)
+        objective = torch.stack(losses).sum()
+        if self.warmup_steps:
+            batches_done = self.trainer.global_step // 2
+            objective = objective * min(1.0, (batches_done + 1) / self.warmup_steps)
+        self.last_local_losses = torch.stack(losses).detach()
+        return objective, self.loss(outputs, target).detach(), outputs
+
+    def log_train_metrics(self, loss: Tensor, logits: Tensor, target: Tensor, batch_idx: int) -> None:
+        """Also log ``train/local_loss`` (the objective before warm-up) every
+        ``log_every_n_steps`` batches."""
+        super().log_train_metrics(loss, logits, target, batch_idx)
+        every = self.trainer.log_every_n_steps
+        if every and batch_idx % every == 0:
+            self.log("train/local_loss", self.last_local_losses.sum())
+
+    # --- optimization ---------------------------------------------------------------------
+    def configure_optimizers(self) -> Any:
+        """``[forward optimizer, feedback optimizer]`` and their schedulers (that order
+        is what ``--ckpt_path`` restores)."""
+        networks = [
+            (self.network.up_parameters(), self.optimizer_factory, self.lr_scheduler_factory),
+            (self.network.down_parameters(), self.feedback_optimizer_factory, self.feedback_lr_scheduler_factory),
+        ]
+        optimizers, schedulers = [], []
+        for params, optimizer_factory, scheduler_factory in networks:
+            optimizer = optimizer_factory(params)
+            optimizers.append(optimizer)
+            if scheduler_factory is not None:
+                scheduler = scheduler_factory(optimizer)
+                schedulers.append({"scheduler": scheduler, "interval": self.scheduler_interval, "monitor": "val/loss"})
+        return optimizers, schedulers
+
+    def gradient_clip_value(self, optimizer: torch.optim.Optimizer) -> float | None:
+        return self.feedback_gradient_clip_val if optimizer is self.trainer.optimizers[1] else self.gradient_clip_val
+
+    def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
+        if self.gradient_centralization:
+            self._centralize_gradients(optimizer)
+        super().on_before_optimizer_step(optimizer)
+
+    @torch.no_grad()
+    def _centralize_gradients(self, optimizer: torch.optim.Optimizer) -> None:
+        for group in optimizer.param_groups:
+            for param in group["params"]:
+                dims = self._fan_in_dims.get(id(param))
+                if dims and param.grad is not None:
+                    param.grad.sub_(param.grad.mean(dim=dims, keepdim=True))

@@ -1,0 +1,154 @@
+"""Counter-Current learning: every local loss trains only the two maps that meet at its
+point (the forward map below it and the feedback map above it), for MLPs, the pooled CNN
+and the convolutional autoencoder."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from lit_bioplaus.algorithms import CounterCurrent
+from lit_bioplaus.nn import MLP, ConvAutoencoder, PooledConvNet, TwoStreamNetwork
+
+NETWORKS = {
+    "mlp": (lambda shape, classes: MLP(shape, classes, hidden=[9, 7], bias=True, weight_mode="asymmetric"), {}),
+    "cnn": (lambda shape, classes: PooledConvNet(shape, classes, channels=[3, 4]), {}),
+    "cnn_cosine_filtered": (
+        lambda shape, classes: PooledConvNet(shape, classes, channels=[3, 4]),
+        {"similarity": "cosine", "similarity_scale": 1.0, "anti_collapse_scale": 0.5, "target_filter": 0.1},
+    ),
+    "autoencoder": (lambda shape, classes: ConvAutoencoder(shape, channels=[3, 4]), {"task": "autoencoder"}),
+}
+INPUT_SHAPE, NUM_CLASSES, BATCH = (2, 8, 8), 5, 6
+
+
+def make_model(name: str) -> CounterCurrent:
+    network, options = NETWORKS[name]
+    torch.manual_seed(0)
+    return CounterCurrent(network=network, input_shape=INPUT_SHAPE, num_classes=NUM_CLASSES, **options).double()
+
+
+def owned_parameters(network: TwoStreamNetwork) -> list[set[int]]:
+    """Per learning point ``k`` (input of the ``k``-th weighted layer, then the output):
+    ids of the parameters that may produce its pair, i.e. the forward maps from the
+    weighted layer below up to the point, with their norms, and the feedback map of the
+    weighted layer at the point, with the feedback norm at its output."""
+    layers = network.layers
+    weighted = [i for i, layer in enumerate(layers) if layer.has_weights]
+    owners = []
+    for k in range(len(weighted) + 1):
+        owned = []
+        if k > 0:
+            for i in range(weighted[k - 1], weighted[k] if k < len(weighted) else len(layers)):
+                owned += layers[i].up_parameters()
+                owned += [] if network.up_norms is None else list(network.up_norms[i].parameters())
+        if k < len(weighted):
+            j = weighted[k]
+            owned += layers[j].down_parameters()
+            owned += [] if network.down_norms is None or j == 0 else list(network.down_norms[j - 1].parameters())
+        owners.append({id(p) for p in owned})
+    return owners
+
+
+def batch(model: CounterCurrent) -> tuple[torch.Tensor, torch.Tensor]:
+    x = torch.randn(BATCH, *INPUT_SHAPE, dtype=torch.float64)
+    return (x, x) if model.task == "autoencoder" else (x, torch.arange(BATCH) % NUM_CLASSES)
+
+
+@pytest.mark.parametrize("name", NETWORKS)
+def test_each_local_loss_trains_only_its_own_layers(name):
+    model = make_model(name)
+    losses, _ = model.local_losses(*batch(model))
+    owners = owned_parameters(model.network)
+    assert len(losses) == len(owners)
+    params = list(model.parameters())
+    touched_anywhere = set()
+    for k, (loss, owned) in enumerate(zip(losses, owners, strict=True)):
+        grads = torch.autograd.grad(loss, params, allow_unused=True)
+        touched = {id(p) for p, g in zip(params, grads, strict=True) if g is not None and g.abs().sum() > 0}
+        assert touched == owned, f"loss {k} touches other layers' parameters or misses its own"
+        assert owned, f"loss {k} trains nothing"
+        touched_anywhere |= touched
+    assert touched_anywhere == {id(p) for p in params}, "some parameter has no local loss"
+
+
+def test_objective_sums_the_local_losses_and_warms_up():
+    model = make_model("mlp")
+    model.warmup_steps = 4
+    model.trainer = type("TrainerStub", (), {"global_step": 2})()  # one batch done: factor 2 / 4
+    x, target = batch(model)
+    losses, _ = model.local_losses(x, target)
+    objective, loss, logits = model.training_objective(x, target)
+    torch.testing.assert_close(objective, 0.5 * torch.stack(losses).sum())
+    torch.testing.assert_close(loss, torch.nn.functional.cross_entropy(logits, target))
+
+
+def test_target_filter_drops_confident_samples():
+    model = make_model("mlp")
+    model.target_filter = 0.1
+    logits = torch.tensor([[10.0, 0, 0, 0, 0], [0.0, 0, 0, 0, 0]], dtype=torch.float64)
+    keep = model.filter_mask(logits, torch.tensor([0, 0]))
+    assert keep.tolist() == [0.0, 1.0]
+
+
+def test_optimizers_split_forward_and_feedback_parameters():
+    model = make_model("autoencoder")
+    forward, feedback = model.configure_optimizers()[0]
+    forward_ids = {id(p) for group in forward.param_groups for p in group["params"]}
+    feedback_ids = {id(p) for group in feedback.param_groups for p in group["params"]}
+    assert not forward_ids & feedback_ids
+    assert forward_ids | feedback_ids == {id(p) for p in model.parameters()}
+
+
+def test_gradient_centralization_removes_the_fan_in_mean():
+    model = make_model("cnn")
+    model.gradient_centralization = True
+    for param in model.parameters():
+        param.grad = torch.randn_like(param)
+    forward, feedback = model.configure_optimizers()[0]
+    for optimizer in (forward, feedback):
+        model._centralize_gradients(optimizer)
+    for layer in model.network.layers:
+        if layer.has_weights:
+            for param in (layer.weight, layer.feedback_weight):
+                mean = param.grad.mean(dim=layer.fan_in_dims(param))
+                torch.testing.assert_close(mean, torch.zeros_like(mean))
+
+
+def test_shared_feedback_is_rejected():
+    with pytest.raises(ValueError, match="asymmetric"):
+        CounterCurrent(network=lambda s, c: MLP(s, c, hidden=[4], weight_mode="shared"), input_shape=(1, 2, 2))
+
+
+AUTOENCODER_ON_DIGITS = [
+    "fit", "--model", "lit_bioplaus.CounterCurrent", "--model.init_args.task", "autoencoder",
+    "--model.init_args.network", "lit_bioplaus.nn.ConvAutoencoder",
+    "--model.init_args.network.init_args.channels", "[4, 8]",
+    "--data", "lit_bioplaus.data.Digits", "--trainer.max_epochs", "1",
+    "--trainer.limit_train_batches", "3", "--trainer.enable_progress_bar", "false",
+]  # fmt: skip
+
+
+def test_autoencoder_logs_reconstruction_grid_to_csv_run(tmp_path):
+    from lit_bioplaus.cli import main
+
+    cli = main([*AUTOENCODER_ON_DIGITS, "--trainer.logger", "lightning.pytorch.loggers.CSVLogger",
+                "--trainer.logger.save_dir", str(tmp_path), "--trainer.default_root_dir", str(tmp_path)])  # fmt: skip
+    run = Path(cli.trainer.logger.log_dir)
+    assert {"val/mse", "test/mse"} <= set((run / "metrics.csv").read_text().splitlines()[0].split(","))
+    assert (run / "reconstructions" / "epoch_0.png").is_file()
+
+
+def test_autoencoder_logs_reconstruction_grid_to_wandb(tmp_path, monkeypatch):
+    wandb = pytest.importorskip("wandb")
+    from lit_bioplaus.cli import main
+
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    main([*AUTOENCODER_ON_DIGITS, "--trainer.logger", "lightning.pytorch.loggers.WandbLogger",
+          "--trainer.logger.save_dir", str(tmp_path), "--trainer.default_root_dir", str(tmp_path)])  # fmt: skip
+    wandb.finish()
+    assert list(tmp_path.glob("wandb/offline-run-*/files/media/images/val/reconstructions_*.png"))
