@@ -18,8 +18,10 @@ Steps are timed after a warm-up, wall clock, median of ``--repeats``.
 from __future__ import annotations
 
 import argparse
+import logging
 import statistics
 import time
+import warnings
 
 import lightning as L
 import torch
@@ -45,12 +47,20 @@ ALGORITHMS: dict[str, tuple[type[BioplausModule], str]] = {
 
 INPUT_SHAPE, NUM_CLASSES = (1, 28, 28), 10
 
+# The tables are the output: keep Lightning's per-fit notices and warnings out of them.
+logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)
+warnings.filterwarnings("ignore", module="lightning")
 
-def make_loader(batch_size: int, num_samples: int) -> DataLoader:
+
+def make_loader(
+    batch_size: int, num_samples: int, input_shape: tuple[int, ...] = INPUT_SHAPE, num_classes: int = NUM_CLASSES
+) -> DataLoader:
+    """Random uint8 images and labels served like the DataModules serve them."""
     generator = torch.Generator().manual_seed(0)
-    images = torch.randint(0, 256, (num_samples, *INPUT_SHAPE), dtype=torch.uint8, generator=generator)
-    labels = torch.randint(0, NUM_CLASSES, (num_samples,), generator=generator)
-    dataset = InMemoryImageDataset(images, labels, mean=(0.5,), std=(0.25,))
+    images = torch.randint(0, 256, (num_samples, *input_shape), dtype=torch.uint8, generator=generator)
+    labels = torch.randint(0, num_classes, (num_samples,), generator=generator)
+    channels = input_shape[0]
+    dataset = InMemoryImageDataset(images, labels, mean=(0.5,) * channels, std=(0.25,) * channels)
     return DataLoader(dataset, batch_size=batch_size, shuffle=True, collate_fn=collate)
 
 
@@ -65,7 +75,8 @@ def make_model(algorithm: str = "BP") -> BioplausModule:
 
 
 class _StepTimer(L.Callback):
-    """Wall-clock time of the training steps after ``warmup`` steps."""
+    """Wall-clock time of the training batches after the first ``warmup`` (a batch is
+    one training step of any rule, whatever number of optimizers it steps)."""
 
     def __init__(self, warmup: int) -> None:
         self.warmup = warmup
@@ -73,18 +84,19 @@ class _StepTimer(L.Callback):
         self.end = 0.0
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
-        if trainer.global_step == self.warmup:
+        if batch_idx == self.warmup:
             self.start = time.perf_counter()
 
     def on_train_end(self, trainer, pl_module) -> None:
         self.end = time.perf_counter()
 
 
-def lightning_ms_per_step(batch_size: int, steps: int, warmup: int, progress_bar: bool, algorithm: str = "BP") -> float:
-    model = make_model(algorithm)
+def lightning_ms_per_step(model: BioplausModule, batch_size: int, steps: int, warmup: int, progress_bar: bool) -> float:
+    """Milliseconds per training step of ``model`` through ``Trainer.fit`` on random data
+    of the model's input shape (``warmup`` untimed steps first)."""
     timer = _StepTimer(warmup)
     trainer = L.Trainer(
-        max_steps=warmup + steps,
+        max_epochs=1,
         accelerator="cpu",
         logger=False,
         enable_checkpointing=False,
@@ -93,7 +105,8 @@ def lightning_ms_per_step(batch_size: int, steps: int, warmup: int, progress_bar
         limit_val_batches=0,
         callbacks=[timer],
     )
-    trainer.fit(model, make_loader(batch_size, batch_size * (warmup + steps)))
+    loader = make_loader(batch_size, batch_size * (warmup + steps), model.input_shape, model.num_classes)
+    trainer.fit(model, loader)
     return (timer.end - timer.start) / steps * 1e3
 
 
@@ -110,7 +123,7 @@ def plain_ms_per_step(batch_size: int, steps: int, warmup: int) -> float:
         loss = model.loss(logits, target)
         loss.backward()
         optimizer.step()
-        model.train_acc.update(logits.detach(), target)
+        model.train_metric.update(logits.detach(), target)
     return (time.perf_counter() - start) / steps * 1e3
 
 
@@ -132,7 +145,10 @@ def main() -> None:
     for batch_size in args.batch_sizes:
         plain = median_ms(plain_ms_per_step, batch_size, args.steps, args.warmup)
         per_algorithm = {
-            name: median_ms(lightning_ms_per_step, batch_size, args.steps, args.warmup, args.progress_bar, name)
+            name: statistics.median(
+                lightning_ms_per_step(make_model(name), batch_size, args.steps, args.warmup, args.progress_bar)
+                for _ in range(args.repeats)
+            )
             for name in ALGORITHMS
         }
         frameworks.append((batch_size, plain, per_algorithm["BP"]))

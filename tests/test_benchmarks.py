@@ -1,0 +1,38 @@
+"""The benchmark scripts keep working (tiny runs), and the FLOP count of a training step
+matches the analytic count for backprop and Counter-Current learning."""
+
+from __future__ import annotations
+
+import itertools
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+
+import flops
+import step_time
+
+
+def test_step_timer_runs_every_rule():
+    for name in step_time.ALGORITHMS:
+        assert step_time.lightning_ms_per_step(step_time.make_model(name), 8, 2, 1, False) > 0
+    assert step_time.plain_ms_per_step(8, 2, 1) > 0
+
+
+@pytest.mark.parametrize("algorithm", ["BP", "CCL"])
+def test_flops_of_a_training_step(algorithm):
+    hidden, batch, classes = [16, 16], 4, flops.NUM_CLASSES
+    model = flops.make_model(algorithm, (1, 2, 4), hidden)
+    widths = [8, *hidden, classes]
+    forward = sum(2 * a * b for a, b in itertools.pairwise(widths))  # per sample
+    if algorithm == "BP":  # forward + weight gradients + activity gradients above the input
+        expected = 3 * forward - 2 * widths[0] * widths[1]
+    else:  # forward + weight gradients; feedback net on the C one-hots (+ its weight
+        # gradients) once per batch; the N x C similarity products A B^T at every layer
+        # input, with the gradients of B and of A (except the input image's)
+        feedback = 2 * forward * classes / batch
+        similarity = sum(2 * classes * d * (3 if k else 2) for k, d in enumerate(widths[:-1]))
+        expected = 2 * forward + feedback + similarity
+    assert flops.mflops_per_sample(model, batch) * 1e6 == pytest.approx(expected)
