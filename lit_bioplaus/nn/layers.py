@@ -42,6 +42,12 @@ def _uniform_bias_(bias: Tensor, fan_in: int) -> Tensor:
     return nn.init.uniform_(bias, -bound, bound)
 
 
+def _inner(param: Tensor, update: Tensor) -> Tensor:
+    """``<param, update>`` as one dot product (no elementwise temporary); its gradient
+    with respect to ``param`` is ``update`` (cast to ``param``'s dtype under autocast)."""
+    return torch.dot(param.flatten(), update.flatten().to(param.dtype))
+
+
 class TwoStreamLayer(nn.Module):
     """Base class of the two-stream layers.
 
@@ -173,13 +179,13 @@ class WeightedTwoStreamLayer(TwoStreamLayer):
         the Counter-Hebb update: ``U`` for ``W`` and, transposed layout, for ``Wb``."""
         with torch.no_grad():
             weight_update, bias_update = self.weight_update(x, delta)
-        energy = (self.weight * weight_update).sum()
+        energy = _inner(self.weight, weight_update)
         if self.bias is not None:
-            energy = energy + (self.bias * bias_update).sum()
+            energy = energy + _inner(self.bias, bias_update)
         if self.has_trainable_feedback:
-            energy = energy + (self.feedback_weight * weight_update).sum()
+            energy = energy + _inner(self.feedback_weight, weight_update)
             if self.feedback_bias is not None:
-                energy = energy + (self.feedback_bias * self.feedback_bias_update(x)).sum()
+                energy = energy + _inner(self.feedback_bias, self.feedback_bias_update(x))
         return energy
 
     def feedback_bias_update(self, x: Tensor) -> Tensor:
