@@ -131,7 +131,8 @@ class BioplausModule(L.LightningModule):
         )
         self.train_metric, self.val_metric, self.test_metric = metric(), metric(), metric()
         self.metric_name = "acc" if task == "classification" else "mse"
-        self.train_loss = MeanMetric()
+        # No NaN check: it would cost a host-device sync per step, and a NaN loss should show.
+        self.train_loss = MeanMetric(nan_strategy="disable")
         if pretrained is not None:
             from lit_bioplaus.zoo import load_state_dict
 
@@ -199,8 +200,10 @@ class BioplausModule(L.LightningModule):
     def step_scheduler(self, interval: str) -> None:
         """Step the LR schedulers if ``interval`` is their ``scheduler_interval``
         (manual optimization: Lightning does not step them)."""
+        if interval != self.scheduler_interval:
+            return
         schedulers = self.lr_schedulers()
-        if schedulers is None or interval != self.scheduler_interval:
+        if schedulers is None:
             return
         for scheduler in schedulers if isinstance(schedulers, list) else [schedulers]:
             if isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
