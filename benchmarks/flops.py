@@ -86,15 +86,12 @@ def main() -> None:
     print("\n| network | BP ms | CCL ms | CCL / BP |")
     print("|:--|--:|--:|--:|")
     for name, (shape, hidden, _, _) in NETWORKS.items():
-        ms = {
-            algorithm: statistics.median(
-                lightning_ms_per_step(
-                    make_model(algorithm, shape, hidden), args.time_batch_size, args.steps, args.warmup, False
-                )
-                for _ in range(args.repeats)
-            )
-            for algorithm in ("BP", "CCL")
-        }
+        runs: dict[str, list[float]] = {"BP": [], "CCL": []}
+        for _ in range(args.repeats):  # round robin, as in step_time.py
+            for algorithm, times in runs.items():
+                model = make_model(algorithm, shape, hidden)
+                times.append(lightning_ms_per_step(model, args.time_batch_size, args.steps, args.warmup, False))
+        ms = {algorithm: statistics.median(times) for algorithm, times in runs.items()}
         print(f"| {name} | {ms['BP']:.3f} | {ms['CCL']:.3f} | {ms['CCL'] / ms['BP']:.2f} |")
 
 

@@ -12,7 +12,8 @@ turns it on).
 Table 2: every learning rule (BP, CH symmetric and asymmetric, FA, DFA) through
 Lightning on the same network, as ratios to BP.
 
-Steps are timed after a warm-up, wall clock, median of ``--repeats``.
+Steps are timed after a warm-up, wall clock, median of ``--repeats`` rounds (each round
+times every column once, so drifts in machine speed affect all columns alike).
 """
 
 from __future__ import annotations
@@ -138,21 +139,18 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 
-    def median_ms(measure, *measure_args) -> float:
-        return statistics.median(measure(*measure_args) for _ in range(args.repeats))
-
     frameworks, algorithms = [], []
     for batch_size in args.batch_sizes:
-        plain = median_ms(plain_ms_per_step, batch_size, args.steps, args.warmup)
-        per_algorithm = {
-            name: statistics.median(
-                lightning_ms_per_step(make_model(name), batch_size, args.steps, args.warmup, args.progress_bar)
-                for _ in range(args.repeats)
-            )
-            for name in ALGORITHMS
-        }
-        frameworks.append((batch_size, plain, per_algorithm["BP"]))
-        algorithms.append((batch_size, per_algorithm))
+        runs: dict[str, list[float]] = {name: [] for name in ["plain", *ALGORITHMS]}
+        for _ in range(args.repeats):  # round robin: slow drifts of the machine hit every column alike
+            runs["plain"].append(plain_ms_per_step(batch_size, args.steps, args.warmup))
+            for name in ALGORITHMS:
+                model = make_model(name)
+                runs[name].append(lightning_ms_per_step(model, batch_size, args.steps, args.warmup, args.progress_bar))
+        medians = {name: statistics.median(times) for name, times in runs.items()}
+        plain = medians.pop("plain")
+        frameworks.append((batch_size, plain, medians["BP"]))
+        algorithms.append((batch_size, medians))
 
     print(f"\nMLP 784-500-10, Adam, CPU threads={args.threads}, {args.steps} timed steps, median of {args.repeats}")
     print("\n| batch | plain PyTorch BP ms/step | Lightning BP ms/step | Lightning / plain |")
