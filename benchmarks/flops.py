@@ -21,10 +21,10 @@ Table 2: milliseconds per training step (batch) through Lightning at
 from __future__ import annotations
 
 import argparse
-import statistics
+from functools import partial
 
 import torch
-from step_time import lightning_ms_per_step
+from step_time import lightning_ms_per_step, median_ms_round_robin
 from torch.utils.flop_counter import FlopCounterMode
 
 from lit_bioplaus.algorithms import BackProp, BioplausModule, CounterCurrent
@@ -62,6 +62,12 @@ def mflops_per_sample(model: BioplausModule, batch_size: int) -> float:
     return counter.get_total_flops() / batch_size / 1e6
 
 
+def _lightning_ms(
+    algorithm: str, input_shape: tuple[int, int, int], hidden: list[int], batch_size: int, steps: int, warmup: int
+) -> float:
+    return lightning_ms_per_step(make_model(algorithm, input_shape, hidden), batch_size, steps, warmup, False)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--batch-size", type=int, default=32)
@@ -86,12 +92,11 @@ def main() -> None:
     print("\n| network | BP ms | CCL ms | CCL / BP |")
     print("|:--|--:|--:|--:|")
     for name, (shape, hidden, _, _) in NETWORKS.items():
-        runs: dict[str, list[float]] = {"BP": [], "CCL": []}
-        for _ in range(args.repeats):  # round robin, as in step_time.py
-            for algorithm, times in runs.items():
-                model = make_model(algorithm, shape, hidden)
-                times.append(lightning_ms_per_step(model, args.time_batch_size, args.steps, args.warmup, False))
-        ms = {algorithm: statistics.median(times) for algorithm, times in runs.items()}
+        measures = {
+            algorithm: partial(_lightning_ms, algorithm, shape, hidden, args.time_batch_size, args.steps, args.warmup)
+            for algorithm in ("BP", "CCL")
+        }
+        ms = median_ms_round_robin(measures, args.repeats)
         print(f"| {name} | {ms['BP']:.3f} | {ms['CCL']:.3f} | {ms['CCL'] / ms['BP']:.2f} |")
 
 

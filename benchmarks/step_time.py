@@ -23,6 +23,8 @@ import logging
 import statistics
 import time
 import warnings
+from collections.abc import Callable
+from functools import partial
 
 import lightning as L
 import torch
@@ -111,6 +113,10 @@ def lightning_ms_per_step(model: BioplausModule, batch_size: int, steps: int, wa
     return (timer.end - timer.start) / steps * 1e3
 
 
+def _lightning_ms_of_rule(algorithm: str, batch_size: int, steps: int, warmup: int, progress_bar: bool) -> float:
+    return lightning_ms_per_step(make_model(algorithm), batch_size, steps, warmup, progress_bar)
+
+
 def plain_ms_per_step(batch_size: int, steps: int, warmup: int) -> float:
     model = make_model()
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-4)
@@ -128,6 +134,16 @@ def plain_ms_per_step(batch_size: int, steps: int, warmup: int) -> float:
     return (time.perf_counter() - start) / steps * 1e3
 
 
+def median_ms_round_robin(measures: dict[str, Callable[[], float]], repeats: int) -> dict[str, float]:
+    """Median of ``repeats`` rounds of every measure, each round running every measure once
+    (round robin: slow drifts in machine speed hit every column alike)."""
+    times: dict[str, list[float]] = {name: [] for name in measures}
+    for _ in range(repeats):
+        for name, measure in measures.items():
+            times[name].append(measure())
+    return {name: statistics.median(values) for name, values in times.items()}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--steps", type=int, default=600)
@@ -141,13 +157,11 @@ def main() -> None:
 
     frameworks, algorithms = [], []
     for batch_size in args.batch_sizes:
-        runs: dict[str, list[float]] = {name: [] for name in ["plain", *ALGORITHMS]}
-        for _ in range(args.repeats):  # round robin: slow drifts of the machine hit every column alike
-            runs["plain"].append(plain_ms_per_step(batch_size, args.steps, args.warmup))
-            for name in ALGORITHMS:
-                model = make_model(name)
-                runs[name].append(lightning_ms_per_step(model, batch_size, args.steps, args.warmup, args.progress_bar))
-        medians = {name: statistics.median(times) for name, times in runs.items()}
+        timing = (batch_size, args.steps, args.warmup)
+        measures = {"plain": partial(plain_ms_per_step, *timing)}
+        for name in ALGORITHMS:
+            measures[name] = partial(_lightning_ms_of_rule, name, *timing, args.progress_bar)
+        medians = median_ms_round_robin(measures, args.repeats)
         plain = medians.pop("plain")
         frameworks.append((batch_size, plain, medians["BP"]))
         algorithms.append((batch_size, medians))
