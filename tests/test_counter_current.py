@@ -152,3 +152,17 @@ def test_autoencoder_logs_reconstruction_grid_to_wandb(tmp_path, monkeypatch):
           "--trainer.logger.save_dir", str(tmp_path), "--trainer.default_root_dir", str(tmp_path)])  # fmt: skip
     wandb.finish()
     assert list(tmp_path.glob("wandb/offline-run-*/files/media/images/val/reconstructions_*.png"))
+
+
+def test_conv_autoencoder_upsample_init_scale_survives_counter_current():
+    """Only the upsample-and-convolve maps are scaled, and CounterCurrent's re-initialisation
+    of the feedback maps keeps the scale (the decoder's forward maps are feedback weights)."""
+
+    def build(scale: float) -> TwoStreamNetwork:
+        torch.manual_seed(0)
+        network = lambda shape, classes: ConvAutoencoder(shape, channels=[8, 16], upsample_init_scale=scale)  # noqa: E731
+        return CounterCurrent(network=network, task="autoencoder", input_shape=(1, 32, 32)).network
+
+    for reference, layer in zip(build(1.0).weighted_layers(), build(1e-3).weighted_layers(), strict=True):
+        torch.testing.assert_close(layer.weight, reference.weight)
+        torch.testing.assert_close(layer.feedback_weight, 1e-3 * reference.feedback_weight)

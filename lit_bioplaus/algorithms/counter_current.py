@@ -33,7 +33,7 @@ from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import Tensor
 
 from lit_bioplaus.algorithms.base import BioplausModule, NetworkFactory
-from lit_bioplaus.nn import TwoStreamNetwork, WeightedTwoStreamLayer
+from lit_bioplaus.nn import TwoStreamNetwork
 
 Similarity = Literal["dot", "cosine"]
 
@@ -97,20 +97,18 @@ class CounterCurrent(BioplausModule):
         self.target_filter = target_filter
         self._fan_in_dims = {
             id(param): layer.fan_in_dims(param)
-            for layer in self.network.modules()
-            if isinstance(layer, WeightedTwoStreamLayer)
+            for layer in self.network.weighted_layers()
             for param in (layer.weight, layer.feedback_weight)
         }
 
     def build_network(self, network: NetworkFactory) -> TwoStreamNetwork:
         """The network, with every feedback map initialised as a layer of its own
-        (Kaiming-uniform on the feedback map's fan-in, as in the official code)."""
+        (Kaiming-uniform on the feedback map's fan-in, as in the official code, then
+        the network's own adjustments: ``TwoStreamNetwork.reset_feedback_parameters``)."""
         built = super().build_network(network)
-        layers = [m for m in built.modules() if isinstance(m, WeightedTwoStreamLayer)]
-        if not all(layer.has_trainable_feedback for layer in layers):
+        if not all(layer.has_trainable_feedback for layer in built.weighted_layers()):
             raise ValueError("CounterCurrent needs separate trainable feedback weights: use weight_mode 'asymmetric'")
-        for layer in layers:
-            layer.reset_feedback_parameters()
+        built.reset_feedback_parameters()
         return built
 
     # --- the two streams ------------------------------------------------------------------

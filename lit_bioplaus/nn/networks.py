@@ -7,6 +7,7 @@ from collections.abc import Sequence
 from itertools import pairwise
 from typing import Literal
 
+import torch
 from torch import Tensor, nn
 
 from lit_bioplaus.nn.layers import (
@@ -133,6 +134,13 @@ class TwoStreamNetwork(nn.Module):
     def weighted_layers(self) -> list[WeightedTwoStreamLayer]:
         """The linear and conv layers, bottom to top (inside blocks too)."""
         return [module for module in self.modules() if isinstance(module, WeightedTwoStreamLayer)]
+
+    def reset_feedback_parameters(self) -> None:
+        """Re-initialise every separate feedback map as a layer of its own (see
+        ``WeightedTwoStreamLayer.reset_feedback_parameters``); rules with a trained
+        feedback network call this once the network is built."""
+        for layer in self.weighted_layers():
+            layer.reset_feedback_parameters()
 
 
 class MLP(TwoStreamNetwork):
@@ -281,6 +289,14 @@ class ConvAutoencoder(TwoStreamNetwork):
         activation: activation after every projection but the last.
         batch_norm: batch-norm (per stream) before every activation.
         weight_mode: ``asymmetric`` or ``symmetric`` (separate feedback weights).
+        upsample_init_scale: factor on the initial weights of every upsample-and-convolve
+            map (the decoder's forward maps, the encoder's feedback maps), applied again by
+            ``reset_feedback_parameters``. The official STL-10 recipe uses ``1e-3`` (with a
+            gradient-norm clip of 0.2): behind a batch-norm such a map computes the same
+            function at any scale while its gradient grows as ``1 / scale``, so its first
+            updates overwrite the random start; the two maps that produce an image (no
+            batch-norm) start near zero. Counter-Current learning of the autoencoder
+            needs it (``benchmarks/ae_init.py``).
     """
 
     def __init__(
@@ -291,6 +307,7 @@ class ConvAutoencoder(TwoStreamNetwork):
         activation: Activation = "relu",
         batch_norm: bool = True,
         weight_mode: WeightMode = "asymmetric",
+        upsample_init_scale: float = 1.0,
     ) -> None:
         if len(input_shape) != 3:
             raise ValueError(f"ConvAutoencoder needs input_shape (C, H, W), got {tuple(input_shape)}")
@@ -323,3 +340,17 @@ class ConvAutoencoder(TwoStreamNetwork):
         layers: list[TwoStreamLayer] = [*encoder, *mirrored]
         activated = [True] * (len(layers) - 1) + [False]
         super().__init__(layers, activated, activation, batch_norm=batch_norm)
+        self.upsample_init_scale = upsample_init_scale
+        self._scale_upsampling_maps()
+
+    def reset_feedback_parameters(self) -> None:
+        super().reset_feedback_parameters()
+        self._scale_upsampling_maps()
+
+    @torch.no_grad()
+    def _scale_upsampling_maps(self) -> None:
+        """Multiply the upsample-and-convolve weights (every layer's feedback weight:
+        the decoder layers are mirrored) by ``upsample_init_scale``."""
+        if self.upsample_init_scale != 1.0:
+            for layer in self.weighted_layers():
+                layer.feedback_weight.mul_(self.upsample_init_scale)
