@@ -4,6 +4,7 @@ matches the analytic count for backprop and Counter-Current learning."""
 from __future__ import annotations
 
 import itertools
+import math
 import sys
 from pathlib import Path
 
@@ -11,8 +12,12 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 
+import ae_init
 import flops
 import step_time
+
+from lit_bioplaus.algorithms import BackProp, CounterCurrent
+from lit_bioplaus.data import Digits
 
 
 def test_step_timer_runs_every_rule():
@@ -36,3 +41,11 @@ def test_flops_of_a_training_step(algorithm):
         similarity = sum(2 * classes * d * (3 if k else 2) for k, d in enumerate(widths[:-1]))
         expected = 2 * forward + feedback + similarity
     assert flops.mflops_per_sample(model, batch) * 1e6 == pytest.approx(expected)
+
+
+@pytest.mark.parametrize("rule", [CounterCurrent, BackProp])
+def test_autoencoder_init_benchmark_runs(rule):
+    datamodule = Digits(batch_size=16, eval_batch_size=64)
+    model = ae_init.make_model(rule, datamodule.input_shape, 1e-3, 0.2, channels=(4, 4))
+    before, after = ae_init.validation_mse(model, datamodule, steps=30)
+    assert math.isfinite(before) and after < before
