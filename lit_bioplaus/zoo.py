@@ -148,7 +148,7 @@ def _architecture_summary(model: BioplausModule) -> str:
         widths.append(layer.weight.shape[0])
         kinds.append(type(layer).__name__.removeprefix("TwoStream"))
     kind = "MLP" if set(kinds) == {"Linear"} else "ConvNet"
-    activation = type(model.network.activation).__name__
+    activation = ",".join(sorted({type(module.activation).__name__ for module in model.network.activations()}))
     return f"{kind} {'-'.join(str(w) for w in widths)} {activation}"
 
 

@@ -10,7 +10,16 @@ import pytest
 import torch
 
 from lit_bioplaus.algorithms import CounterCurrent
-from lit_bioplaus.nn import MLP, ConvAutoencoder, PooledConvNet, TwoStreamNetwork
+from lit_bioplaus.nn import (
+    MLP,
+    ConvAutoencoder,
+    PooledConvNet,
+    TwoStreamActivation,
+    TwoStreamFlatten,
+    TwoStreamLinear,
+    TwoStreamNetwork,
+    TwoStreamResidualBlock,
+)
 
 NETWORKS = {
     "mlp": (lambda shape, classes: MLP(shape, classes, hidden=[9, 7], bias=True, weight_mode="asymmetric"), {}),
@@ -31,23 +40,21 @@ def make_model(name: str) -> CounterCurrent:
 
 
 def owned_parameters(network: TwoStreamNetwork) -> list[set[int]]:
-    """Per learning point ``k`` (input of the ``k``-th weighted layer, then the output):
-    ids of the parameters that may produce its pair, i.e. the forward maps from the
-    weighted layer below up to the point, with their norms, and the feedback map of the
-    weighted layer at the point, with the feedback norm at its output."""
-    layers = network.layers
-    weighted = [i for i, layer in enumerate(layers) if layer.has_weights]
+    """Per learning point ``k`` (the input, the output of each activation, the output):
+    ids of the parameters that may produce its pair, i.e. the forward modules from the
+    previous point up to it, and the feedback modules from the next point down to it
+    (the weighted map above the point, with the feedback norm below that map)."""
+    modules = list(network)
+    acts = [i for i, module in enumerate(modules) if isinstance(module, TwoStreamActivation)]
+    forward_reads = [0, *(i + 1 for i in acts), len(modules)]
+    feedback_reads = [0, *acts, len(modules)]
     owners = []
-    for k in range(len(weighted) + 1):
+    for k in range(len(forward_reads)):
         owned = []
         if k > 0:
-            for i in range(weighted[k - 1], weighted[k] if k < len(weighted) else len(layers)):
-                owned += layers[i].up_parameters()
-                owned += [] if network.up_norms is None else list(network.up_norms[i].parameters())
-        if k < len(weighted):
-            j = weighted[k]
-            owned += layers[j].down_parameters()
-            owned += [] if network.down_norms is None or j == 0 else list(network.down_norms[j - 1].parameters())
+            owned += [p for m in modules[forward_reads[k - 1] : forward_reads[k]] for p in m.up_parameters()]
+        if k < len(forward_reads) - 1:
+            owned += [p for m in modules[feedback_reads[k] : feedback_reads[k + 1]] for p in m.down_parameters()]
         owners.append({id(p) for p in owned})
     return owners
 
@@ -110,11 +117,10 @@ def test_gradient_centralization_removes_the_fan_in_mean():
     forward, feedback = model.configure_optimizers()[0]
     for optimizer in (forward, feedback):
         model._centralize_gradients(optimizer)
-    for layer in model.network.layers:
-        if layer.has_weights:
-            for param in (layer.weight, layer.feedback_weight):
-                mean = param.grad.mean(dim=layer.fan_in_dims(param))
-                torch.testing.assert_close(mean, torch.zeros_like(mean))
+    for layer in model.network.weighted_layers():
+        for param in (layer.weight, layer.feedback_weight):
+            mean = param.grad.mean(dim=layer.fan_in_dims(param))
+            torch.testing.assert_close(mean, torch.zeros_like(mean))
 
 
 def test_shared_feedback_is_rejected():
@@ -166,3 +172,19 @@ def test_conv_autoencoder_upsample_init_scale_survives_counter_current():
     for reference, layer in zip(build(1.0).weighted_layers(), build(1e-3).weighted_layers(), strict=True):
         torch.testing.assert_close(layer.weight, reference.weight)
         torch.testing.assert_close(layer.feedback_weight, 1e-3 * reference.feedback_weight)
+
+
+@pytest.mark.parametrize(
+    ("modules", "match"),
+    [
+        (lambda: [TwoStreamLinear(4, 3, weight_mode="asymmetric"), TwoStreamLinear(3, 2, weight_mode="asymmetric")],
+         "exactly one activation"),
+        (lambda: [TwoStreamActivation("elu"), TwoStreamLinear(4, 2, weight_mode="asymmetric")],
+         "exactly one activation"),
+        (lambda: [TwoStreamResidualBlock(2, input_size=(2, 2), weight_mode="asymmetric"), TwoStreamActivation("elu"),
+                  TwoStreamFlatten((2, 2, 2)), TwoStreamLinear(8, 2, weight_mode="asymmetric")], "one map per stream"),
+    ],
+)  # fmt: skip
+def test_networks_without_a_learning_point_per_layer_are_rejected(modules, match):
+    with pytest.raises(ValueError, match=match):
+        CounterCurrent(network=lambda s, c: TwoStreamNetwork(modules()), input_shape=(4,), num_classes=2)

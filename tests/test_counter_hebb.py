@@ -9,12 +9,16 @@ from lit_bioplaus.algorithms import CounterHebb, DirectFeedbackAlignment, Feedba
 from lit_bioplaus.nn import (
     MLP,
     ConvNet,
+    PooledConvNet,
+    TwoStreamActivation,
+    TwoStreamBatchNorm,
     TwoStreamConv2d,
     TwoStreamFlatten,
     TwoStreamLinear,
     TwoStreamNetwork,
     TwoStreamResidualBlock,
 )
+from tests.test_nn import old_layout_state_dict
 
 NETWORKS = {
     "mlp": (lambda mode: MLP((1, 6, 6), 5, hidden=[17, 11], weight_mode=mode), (1, 6, 6), 5),
@@ -29,16 +33,22 @@ NETWORKS = {
         lambda mode: TwoStreamNetwork(
             [
                 TwoStreamConv2d(2, 4, 3, stride=2, padding=1, weight_mode=mode, input_size=(9, 9)),
+                TwoStreamActivation("relu"),
                 TwoStreamResidualBlock(4, input_size=(5, 5), weight_mode=mode),
+                TwoStreamActivation("relu"),
                 TwoStreamResidualBlock(4, input_size=(5, 5), weight_mode=mode),
+                TwoStreamActivation("relu"),
                 TwoStreamFlatten((4, 5, 5)),
                 TwoStreamLinear(100, 3, weight_mode=mode),
-            ],
-            activated=[True, True, True, False, False],
-            activation="relu",
+            ]
         ),
         (2, 9, 9),
         3,
+    ),
+    "pooled_cnn": (
+        lambda mode: PooledConvNet((2, 8, 7), 4, channels=[3, 5], activation="relu", bias=True, weight_mode=mode),
+        (2, 8, 7),
+        4,
     ),
     "cnn_k5_pad2": (
         lambda mode: ConvNet((1, 12, 11), 3, channels=[4], kernel_size=5, stride=2, padding=2, weight_mode=mode),
@@ -135,9 +145,19 @@ def test_direct_feedback_alignment_projects_the_output_error(network):
     _, delta = model.output_error(trace.logits, target)
     deltas = model.down_pass(trace, delta)
     torch.testing.assert_close(deltas[-1], delta)
-    for index in model._hidden_weighted_indices():
-        expected = (delta @ getattr(model, f"direct_feedback_{index}")).view_as(trace.outputs[index])
-        torch.testing.assert_close(deltas[index], expected * (trace.outputs[index] > 0))
+    modules = list(model.network)
+    hidden = [i for i, module in enumerate(modules[:-1]) if module.has_weights]
+    assert hidden and [i for i, _ in model._hidden_points()] == hidden
+    for index, point in model._hidden_points():
+        # B_l e lands on the hidden layer h_l (after the activation and any pooling) and
+        # reaches the weighted module's output as backprop through the modules between.
+        projected = (delta @ getattr(model, f"direct_feedback_{index}")).reshape(trace.outputs[point].shape)
+        z = trace.outputs[index].clone().requires_grad_(True)
+        h = z
+        for module in modules[index + 1 : point + 1]:
+            h = module.up(h)
+        (expected,) = torch.autograd.grad(h, z, projected)
+        torch.testing.assert_close(deltas[index], expected)
     update = counter_hebb_update(model, x, target)
     assert set(update) == {name for name, p in model.named_parameters()}
     assert not any("direct_feedback" in name for name, _ in model.named_parameters())
@@ -153,3 +173,31 @@ def test_alignment_metrics():
         assert symmetric[f"align/norm_ratio_{i}"] == pytest.approx(1.0)
         assert 70 < asymmetric[f"align/angle_{i}"] < 110  # independent weights: nearly orthogonal
     assert make_counter_hebb("mlp", "shared").alignment_metrics() == {}
+
+
+def test_counter_hebb_refuses_modules_without_a_top_down_pass():
+    def with_batch_norm(shape, classes):
+        return TwoStreamNetwork(
+            [TwoStreamFlatten((4,)), TwoStreamLinear(4, 3), TwoStreamBatchNorm(3, "up", spatial=False),
+             TwoStreamActivation("relu"), TwoStreamLinear(3, 2)]
+        )  # fmt: skip
+
+    with pytest.raises(ValueError, match="TwoStreamBatchNorm"):
+        CounterHebb(network=with_batch_norm, input_shape=(4,), num_classes=2)
+
+
+def test_direct_feedback_alignment_loads_checkpoints_of_the_old_layout():
+    """Old checkpoints index the maps among themselves (``network.layers.{i}``) and name
+    the DFA matrices ``direct_feedback_{i}`` alike."""
+    torch.manual_seed(0)
+    model = make_counter_hebb("mlp", "shared", cls=DirectFeedbackAlignment)
+    maps = [index for index, module in enumerate(model.network) if not isinstance(module, TwoStreamActivation)]
+    state = {f"network.{key}": value for key, value in old_layout_state_dict(model.network).items()}
+    for old_index, index in enumerate(maps):
+        if hasattr(model, f"direct_feedback_{index}"):
+            state[f"direct_feedback_{old_index}"] = getattr(model, f"direct_feedback_{index}").clone()
+    torch.manual_seed(1)
+    fresh = make_counter_hebb("mlp", "shared", cls=DirectFeedbackAlignment)
+    fresh.load_state_dict(state)
+    for (key, value), reference in zip(fresh.state_dict().items(), model.state_dict().values(), strict=True):
+        assert torch.equal(value, reference), key

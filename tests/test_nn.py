@@ -9,11 +9,14 @@ from lit_bioplaus.nn import (
     ConvAutoencoder,
     ConvNet,
     PooledConvNet,
+    TwoStreamActivation,
+    TwoStreamBatchNorm,
     TwoStreamConv2d,
     TwoStreamFlatten,
     TwoStreamLinear,
     TwoStreamMaxPool2d,
     TwoStreamMirror,
+    TwoStreamNetwork,
     TwoStreamResidualBlock,
 )
 
@@ -173,7 +176,100 @@ def test_conv_autoencoder_streams_and_norms():
     x = torch.randn(3, 1, 32, 32)
     assert net(x).shape == x.shape and net.down(x).shape == x.shape
     assert sum(1 for m in net.modules() if isinstance(m, torch.nn.BatchNorm2d)) == 2 * 7
+    norms = [(type(a).__name__, getattr(a, "stream", None)) for a in net[1:4]]
+    assert norms == [("TwoStreamBatchNorm", "up"), ("TwoStreamActivation", None), ("TwoStreamBatchNorm", "down")]
     up, down = {id(p) for p in net.up_parameters()}, {id(p) for p in net.down_parameters()}
     assert not up & down and up | down == {id(p) for p in net.parameters()}
     with pytest.raises(ValueError, match="divisible by 16"):
         ConvAutoencoder((1, 28, 28), channels=[4, 5, 6, 7])
+
+
+# --- one sequence of two-stream modules ------------------------------------------------
+def test_network_is_one_sliceable_sequence_with_its_activations():
+    torch.manual_seed(0)
+    net = MLP((1, 4, 4), 3, hidden=[6, 5])
+    assert [type(m).__name__ for m in net] == [
+        "TwoStreamFlatten", "TwoStreamLinear", "TwoStreamActivation",
+        "TwoStreamLinear", "TwoStreamActivation", "TwoStreamLinear",
+    ]  # fmt: skip
+    x = torch.randn(7, 1, 4, 4)
+    features = net[:3]
+    assert isinstance(features, TwoStreamNetwork) and len(features) == 3
+    first = net[1]
+    torch.testing.assert_close(features(x), torch.relu(x.flatten(1) @ first.weight.T + first.bias))
+    assert net[-1] is net.head
+    assert "TwoStreamActivation(relu)" in repr(net)
+
+
+def test_pooled_convnet_features_after_the_last_stage_are_activated():
+    net = PooledConvNet((3, 8, 8), 4, channels=[3, 5], activation="elu")
+    stages = [i for i, m in enumerate(net) if isinstance(m, TwoStreamActivation)]
+    features = net[: stages[-1] + 1](torch.randn(2, 3, 8, 8))
+    assert features.shape == (2, 5, 2, 2) and features.min() > -1  # ELU's range
+    # the feedback network applies the same ELU after the head's feedback map
+    net = PooledConvNet((3, 8, 8), 4, channels=[3, 5], activation="elu")
+    b = net[stages[-1] :].down(torch.eye(4))
+    head = net.head
+    expected = torch.nn.functional.elu(torch.eye(4) @ head.feedback_weight).view(4, 5, 2, 2)
+    torch.testing.assert_close(b, expected)
+
+
+def test_per_stream_batch_norm_modules():
+    norm = TwoStreamBatchNorm(3, "up")
+    x = torch.randn(4, 3, 2, 2) * 5 + 2
+    assert torch.allclose(norm.up(x).mean(dim=(0, 2, 3)), torch.zeros(3), atol=1e-5)
+    assert torch.equal(norm.down(x), x)
+    assert norm.up_parameters() and not norm.down_parameters()
+    down = TwoStreamBatchNorm(3, "down")
+    assert torch.equal(down.up(x), x) and down.down_parameters() and not down.up_parameters()
+    with pytest.raises(ValueError, match="stream"):
+        TwoStreamBatchNorm(3, "sideways")
+
+
+def test_max_pool_gated_down_is_backprop_through_max_pooling():
+    pool = TwoStreamMaxPool2d((5, 6))
+    x = torch.randn(2, 3, 5, 6, dtype=torch.float64, requires_grad=True)
+    delta = torch.randn(2, 3, 2, 3, dtype=torch.float64)
+    (expected,) = torch.autograd.grad(pool.up(x), x, delta)
+    torch.testing.assert_close(pool.gated_down(x.detach(), delta), expected)
+
+
+def test_networks_refuse_modules_that_are_not_two_stream():
+    with pytest.raises(TypeError, match="two-stream"):
+        TwoStreamNetwork([TwoStreamLinear(3, 2), torch.nn.ReLU()])
+
+
+def old_layout_state_dict(net: TwoStreamNetwork) -> dict[str, torch.Tensor]:
+    """The state dict as the layout before activations and norms were modules saved it:
+    maps indexed among themselves (``layers.{i}``), norms in ``up_norms`` / ``down_norms``."""
+    state, maps = {}, -1
+    for module in net:
+        for key, value in module.state_dict().items():
+            if isinstance(module, TwoStreamBatchNorm):
+                state[f"{module.stream}_norms.{maps}.{key.removeprefix('norm.')}"] = value.clone()
+            else:
+                state[f"layers.{maps + 1}.{key}"] = value.clone()
+        if not isinstance(module, (TwoStreamActivation, TwoStreamBatchNorm)):
+            maps += 1
+    return state
+
+
+@pytest.mark.parametrize(
+    "build",
+    [
+        lambda: MLP((1, 4, 4), 3, hidden=[6, 5], weight_mode="asymmetric"),
+        lambda: ConvAutoencoder((1, 16, 16), channels=[3, 4]),
+        lambda: PooledConvNet((3, 8, 8), 4, channels=[3, 5]),
+    ],
+)
+def test_state_dicts_of_the_old_layout_load(build):
+    torch.manual_seed(0)
+    source = build()
+    with torch.no_grad():
+        for tensor in [*source.parameters(), *source.buffers()]:
+            tensor.add_(torch.rand_like(tensor.float()).to(tensor.dtype))  # norms' affine and statistics too
+    torch.manual_seed(1)
+    target = build()
+    target.load_state_dict(old_layout_state_dict(source))
+    for (key, value), reference in zip(target.state_dict().items(), source.state_dict().values(), strict=True):
+        assert torch.equal(value, reference), key

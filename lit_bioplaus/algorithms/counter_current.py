@@ -8,7 +8,8 @@ the target down; layer ``l`` owns a forward map ``U_l`` and a feedback map ``V_l
 
 with ``sg`` = stop-gradient (detach) on every layer input, so each local loss below only
 trains the maps that produced its two arguments. Local losses pair ``a_l`` with ``b_l``
-at the input of every weighted layer:
+at every learning point: the input, the output of every activation (i.e. the input of
+every weighted layer above the lowest), and the output:
 
 * classification (``b_L`` = all ``C`` class one-hots, so ``B_l`` has ``C`` rows):
   ``similarity="dot"``: ``s * mse(A B^T, Y) / d`` with ``Y`` the ``N x C`` label
@@ -33,7 +34,7 @@ from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import Tensor
 
 from lit_bioplaus.algorithms.base import BioplausModule, NetworkFactory
-from lit_bioplaus.nn import TwoStreamNetwork
+from lit_bioplaus.nn import TwoStreamActivation, TwoStreamMirror, TwoStreamNetwork, WeightedTwoStreamLayer
 
 Similarity = Literal["dot", "cosine"]
 
@@ -95,47 +96,58 @@ class CounterCurrent(BioplausModule):
         self.warmup_steps = warmup_steps
         self.gradient_centralization = gradient_centralization
         self.target_filter = target_filter
-        self._fan_in_dims = {
-            id(param): layer.fan_in_dims(param)
-            for layer in self.network.weighted_layers()
-            for param in (layer.weight, layer.feedback_weight)
-        }
 
     def build_network(self, network: NetworkFactory) -> TwoStreamNetwork:
         """The network, with every feedback map initialised as a layer of its own
         (Kaiming-uniform on the feedback map's fan-in, as in the official code, then
-        the network's own adjustments: ``TwoStreamNetwork.reset_feedback_parameters``)."""
+        the network's own adjustments: ``TwoStreamNetwork.reset_feedback_parameters``).
+
+        Refused unless every weighted module is one map per stream with separate
+        trainable feedback weights, and exactly one activation separates consecutive
+        weighted modules (each activation is a learning point between two of them)."""
         built = super().build_network(network)
         if not all(layer.has_trainable_feedback for layer in built.weighted_layers()):
             raise ValueError("CounterCurrent needs separate trainable feedback weights: use weight_mode 'asymmetric'")
+        kinds = []
+        for module in built:
+            if isinstance(module, TwoStreamActivation):
+                kinds.append("activation")
+            elif isinstance(module, (WeightedTwoStreamLayer, TwoStreamMirror)):
+                kinds.append("map")
+            elif module.has_weights:
+                raise ValueError(f"CounterCurrent needs one map per stream in each weighted module, got {module!r}")
+        if kinds != ["map"] + ["activation", "map"] * (len(kinds) // 2):
+            raise ValueError(
+                "CounterCurrent needs exactly one activation between consecutive weighted modules "
+                f"and none below the lowest or above the highest; the network has {kinds}"
+            )
         built.reset_feedback_parameters()
         return built
 
     # --- the two streams ------------------------------------------------------------------
     def forward_activities(self, x: Tensor) -> list[Tensor]:
-        """``a_l`` at the input of every weighted layer, bottom to top, then the output;
-        every weighted layer's input is detached, so ``a_l`` depends only on the
-        parameters of the weighted layer below it (and of the norms in between)."""
-        network, activities = self.network, []
-        for index, layer in enumerate(network.layers):
-            if layer.has_weights:
+        """``a_l`` at every learning point, bottom to top: the input ``x``, the output of
+        every activation, then the network output. Every weighted module's input is
+        detached, so ``a_l`` depends only on the parameters of the weighted module below
+        it (and of the modules in between, e.g. norms)."""
+        activities = [x]
+        for module in self.network:
+            x = module.up(x.detach() if module.has_weights else x)
+            if isinstance(module, TwoStreamActivation):
                 activities.append(x)
-                x = x.detach()
-            x = network.up_activation(index, layer.up(x))
         return [*activities, x]
 
     def feedback_activities(self, top: Tensor) -> list[Tensor]:
-        """``b_l`` at the same points as ``forward_activities`` (bottom to top, ``top``
-        last), from the feedback network run down from ``top`` with detached inputs."""
-        network, signals, y = self.network, [top], top
-        for index in reversed(range(len(network.layers))):
-            layer = network.layers[index]
-            y = layer.down(y.detach() if layer.has_weights else y)
-            if index > 0:
-                y = network.down_activation(index - 1, y)
-            if layer.has_weights:
+        """``b_l`` at the same points as ``forward_activities``, bottom to top: the
+        feedback network run down from ``top`` (every weighted module's input detached),
+        read after each activation's ``down``, i.e. ``b_{l-1} = act(V_l sg(b_l))`` with
+        the modules between (norms, upsampling, reshapes) in the order they stand."""
+        signals, y = [top], top
+        for module in reversed(list(self.network)):
+            y = module.down(y.detach() if module.has_weights else y)
+            if isinstance(module, TwoStreamActivation):
                 signals.append(y)
-        return signals[::-1]
+        return [y, *reversed(signals)]
 
     # --- the local losses -----------------------------------------------------------------
     def similarity_loss(self, activity: Tensor, signal: Tensor, target: Tensor, keep: Tensor | None) -> Tensor:
@@ -229,8 +241,11 @@ class CounterCurrent(BioplausModule):
 
     @torch.no_grad()
     def _centralize_gradients(self, optimizer: torch.optim.Optimizer) -> None:
-        for group in optimizer.param_groups:
-            for param in group["params"]:
-                dims = self._fan_in_dims.get(id(param))
-                if dims and param.grad is not None:
-                    param.grad.sub_(param.grad.mean(dim=dims, keepdim=True))
+        """Subtract from the update of every weight ``optimizer`` steps its mean over the
+        inputs of the map it belongs to (``fan_in_dims``, read from its layer now: no
+        state kept across steps, so copies and pickles of the module behave alike)."""
+        stepped = {param for group in optimizer.param_groups for param in group["params"]}
+        for layer in self.network.weighted_layers():
+            for param in (layer.weight, layer.feedback_weight):
+                if param in stepped and param.grad is not None:
+                    param.grad.sub_(param.grad.mean(dim=layer.fan_in_dims(param), keepdim=True))

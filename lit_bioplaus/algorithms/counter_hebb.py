@@ -25,17 +25,19 @@ weights the TD pass computes exactly the backprop deltas, so the update *is* the
 from __future__ import annotations
 
 from dataclasses import dataclass
+from itertools import pairwise
 from typing import Any
 
 import torch
 from torch import Tensor
 
-from lit_bioplaus.algorithms.base import BioplausModule
+from lit_bioplaus.algorithms.base import BioplausModule, NetworkFactory
+from lit_bioplaus.nn import TwoStreamLayer, TwoStreamNetwork
 
 
 @dataclass
 class UpTrace:
-    """What the bottom-up pass keeps: per layer, its input and its (activated) output."""
+    """What the bottom-up pass keeps: per module of the network, its input and output."""
 
     inputs: list[Tensor]
     outputs: list[Tensor]
@@ -63,15 +65,27 @@ class CounterHebb(BioplausModule):
         super().__init__(**kwargs)
         self.weak_symmetry_sigma = weak_symmetry_sigma
 
+    def build_network(self, network: NetworkFactory) -> TwoStreamNetwork:
+        """The network; refused if a module has no Counter-Hebb TD pass (``gated_down``)."""
+        built = super().build_network(network)
+        unsupported = [
+            repr(module)
+            for module in built.modules()
+            if isinstance(module, TwoStreamLayer) and not isinstance(module, TwoStreamNetwork)
+            if not module.supports_gated_down
+        ]
+        if unsupported:
+            raise ValueError(f"{type(self).__name__} cannot run its top-down pass through: {', '.join(unsupported)}")
+        return built
+
     # --- the learning rule ---------------------------------------------------------------
     @torch.no_grad()
     def up_pass(self, x: Tensor) -> UpTrace:
-        """Bottom-up pass ``x -> y`` keeping each layer's input and activated output."""
-        network = self.network
+        """Bottom-up pass ``x -> y`` keeping each module's input and output."""
         trace = UpTrace([], [])
-        for index, layer in enumerate(network.layers):
+        for module in self.network:
             trace.inputs.append(x)
-            x = network.up_activation(index, layer.up(x))
+            x = module.up(x)
             trace.outputs.append(x)
         return trace
 
@@ -87,33 +101,33 @@ class CounterHebb(BioplausModule):
 
     @torch.no_grad()
     def down_pass(self, trace: UpTrace, delta: Tensor) -> list[Tensor | None]:
-        """Top-down pass of the output error with GaLU gating and bias-blocking.
+        """Top-down pass of the output error through every module's ``gated_down``:
+        GaLU at the activations (``delta * [h > 0]``), bias-blocking in the maps,
+        max-pooling's error routed to each window's winner.
 
-        Returns ``delta_l`` per layer: the gated TD value on the layer's output side,
-        shaped like ``trace.outputs[l]``; None below the lowest weighted layer, where
-        nothing learns (so, as in backprop, the input's delta is never computed).
+        Returns ``delta`` per module: the TD value on the module's output side, shaped
+        like ``trace.outputs[k]``; None below the lowest weighted module, where nothing
+        learns (so, as in backprop, the input's delta is never computed).
         """
-        network = self.network
-        lowest = next(index for index, layer in enumerate(network.layers) if layer.has_weights)
-        deltas: list[Tensor | None] = [None] * len(network.layers)
+        modules = list(self.network)
+        lowest = next(index for index, module in enumerate(modules) if module.has_weights)
+        deltas: list[Tensor | None] = [None] * len(modules)
         delta = delta.to(trace.logits.dtype)
-        for index in reversed(range(lowest, len(network.layers))):
-            if network.activated[index]:
-                delta = delta * (trace.outputs[index] > 0)
+        for index in reversed(range(lowest, len(modules))):
             deltas[index] = delta
             if index > lowest:
-                delta = network.layers[index].gated_down(trace.inputs[index], delta)
+                delta = modules[index].gated_down(trace.inputs[index], delta)
         return deltas
 
     def lateral_energy(self, trace: UpTrace, deltas: list[Tensor | None]) -> Tensor:
         """The detached bilinear energy ``E`` whose gradient is the Counter-Hebb update:
-        ``E = 1/N sum_l E_l(h_{l-1}, delta_l)`` over the layers that learn, each layer's
+        ``E = 1/N sum_l E_l(h_{l-1}, delta_l)`` over the modules that learn, each module's
         ``counter_hebb_energy`` computed from batch-summed outer products (the cost of
         backprop's weight gradients)."""
         energy = trace.logits.new_zeros((), dtype=torch.float32)
-        for layer, h_in, delta in zip(self.network.layers, trace.inputs, deltas, strict=True):
-            if layer.has_weights:
-                energy = energy + layer.counter_hebb_energy(h_in, delta)
+        for module, h_in, delta in zip(self.network, trace.inputs, deltas, strict=True):
+            if module.has_weights:
+                energy = energy + module.counter_hebb_energy(h_in, delta)
         return energy / trace.logits.shape[0]
 
     def training_objective(self, x: Tensor, target: Tensor) -> tuple[Tensor, Tensor, Tensor]:
@@ -168,7 +182,8 @@ class FeedbackAlignment(CounterHebb):
 class DirectFeedbackAlignment(CounterHebb):
     """Direct feedback alignment: the output error reaches every hidden layer through
     its own fixed random matrix, ``delta_l = [h_l > 0] * (delta_L B_l)``, with
-    ``B_l`` of shape ``(num_classes, prod(shape of h_l))`` (a buffer, never trained).
+    ``B_l`` of shape ``(num_classes, prod(shape of h_l))`` (a buffer, never trained;
+    ``direct_feedback_{i}`` for the weighted module ``network[i]``).
 
     The layers' own top-down maps are not used, so the network must have
     ``weight_mode: shared`` (no separate TD parameters).
@@ -182,23 +197,43 @@ class DirectFeedbackAlignment(CounterHebb):
         with torch.no_grad():
             trace = self.up_pass(torch.zeros(1, *self.input_shape))
         bound = self.num_classes**-0.5
-        for index in self._hidden_weighted_indices():
-            width = trace.outputs[index][0].numel()
+        for layer_index, hidden_index in self._hidden_points():
+            width = trace.outputs[hidden_index][0].numel()
             matrix = torch.empty(self.num_classes, width).uniform_(-bound, bound)
-            self.register_buffer(f"direct_feedback_{index}", matrix)
+            self.register_buffer(f"direct_feedback_{layer_index}", matrix)
+        self._register_load_state_dict_pre_hook(self._rename_legacy_buffers)
 
-    def _hidden_weighted_indices(self) -> list[int]:
-        layers = self.network.layers
-        return [i for i in range(len(layers) - 1) if layers[i].has_weights]
+    def _rename_legacy_buffers(self, state_dict: dict[str, Tensor], prefix: str, *args: Any) -> None:
+        """Checkpoints of the layout before activations were modules name the buffers by
+        the index among the maps (``layers.{i}``): rename them to the module index."""
+        if not any(key.startswith(f"{prefix}network.layers.") for key in state_dict):
+            return
+        renames = self.network.legacy_key_map()
+        buffers = {key: state_dict.pop(key) for key in list(state_dict) if key.startswith(f"{prefix}direct_feedback_")}
+        for key, value in buffers.items():
+            old_index = key.removeprefix(f"{prefix}direct_feedback_")
+            state_dict[f"{prefix}direct_feedback_{renames[f'layers.{old_index}.'].rstrip('.')}"] = value
+
+    def _hidden_points(self) -> list[tuple[int, int]]:
+        """Per hidden weighted module ``i`` (all but the head): ``(i, j)`` with ``j`` the
+        last module before the next weighted one, whose output is the hidden layer ``h_l``
+        (after the activation and any pooling) that receives the projected error."""
+        modules = list(self.network)
+        weighted = [index for index, module in enumerate(modules) if module.has_weights]
+        return [(i, next_i - 1) for i, next_i in pairwise(weighted)]
 
     @torch.no_grad()
     def down_pass(self, trace: UpTrace, delta: Tensor) -> list[Tensor | None]:
-        """``delta_l`` per layer: the projected, gated output error (None where nothing learns)."""
+        """``delta`` per module: the output error projected to every hidden layer ``h_l``
+        (``B_l e``), then through the modules down to its weighted module's output with
+        their ``gated_down`` (GaLU, pooling); None where nothing learns."""
+        modules = list(self.network)
         delta = delta.to(trace.logits.dtype)
-        deltas: list[Tensor | None] = [None] * len(trace.outputs)
+        deltas: list[Tensor | None] = [None] * len(modules)
         deltas[-1] = delta
-        for index in self._hidden_weighted_indices():
-            output = trace.outputs[index]
-            projected = (delta @ getattr(self, f"direct_feedback_{index}")).view_as(output)
-            deltas[index] = projected * (output > 0) if self.network.activated[index] else projected
+        for layer_index, hidden_index in self._hidden_points():
+            projected = (delta @ getattr(self, f"direct_feedback_{layer_index}")).view_as(trace.outputs[hidden_index])
+            for index in range(hidden_index, layer_index, -1):
+                projected = modules[index].gated_down(trace.inputs[index], projected)
+            deltas[layer_index] = projected
         return deltas

@@ -12,14 +12,18 @@ from lit_bioplaus.nn.layers import (
     WeightedTwoStreamLayer,
     WeightMode,
 )
-from lit_bioplaus.nn.networks import MLP, ConvAutoencoder, ConvNet, PooledConvNet, TwoStreamNetwork, make_activation
+from lit_bioplaus.nn.networks import MLP, ConvAutoencoder, ConvNet, PooledConvNet, TwoStreamNetwork
+from lit_bioplaus.nn.pointwise import Activation, TwoStreamActivation, TwoStreamBatchNorm, make_activation
 
 __all__ = [
     "MLP",
     "WEIGHT_MODES",
+    "Activation",
     "ConvAutoencoder",
     "ConvNet",
     "PooledConvNet",
+    "TwoStreamActivation",
+    "TwoStreamBatchNorm",
     "TwoStreamConv2d",
     "TwoStreamFlatten",
     "TwoStreamLayer",

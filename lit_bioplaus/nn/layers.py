@@ -60,6 +60,9 @@ class TwoStreamLayer(nn.Module):
     has_weights: bool = False
     """Whether the layer owns a forward weight (and so learns)."""
 
+    supports_gated_down: bool = True
+    """Whether ``gated_down`` is defined (Counter-Hebb's TD pass can run through it)."""
+
     def up(self, x: Tensor) -> Tensor:
         raise NotImplementedError
 
@@ -383,6 +386,12 @@ class TwoStreamMaxPool2d(TwoStreamLayer):
     def down(self, y: Tensor, use_bias: bool = True) -> Tensor:
         return F.interpolate(y, size=self.input_size, mode="nearest")
 
+    def gated_down(self, x: Tensor, delta: Tensor) -> Tensor:
+        """Each output's error goes back to the input that won its window on ``x`` (the
+        lateral gating of max-pooling: exactly backprop through it)."""
+        _, indices = F.max_pool2d(x, 2, return_indices=True)
+        return F.max_unpool2d(delta, indices, 2, output_size=self.input_size)
+
     def extra_repr(self) -> str:
         return f"input_size={self.input_size}"
 
@@ -398,6 +407,7 @@ class TwoStreamMirror(TwoStreamLayer):
     """
 
     has_weights = True
+    supports_gated_down = False
 
     def __init__(self, layer: WeightedTwoStreamLayer) -> None:
         super().__init__()

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from itertools import pairwise
-from typing import Literal
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -20,120 +20,109 @@ from lit_bioplaus.nn.layers import (
     WeightedTwoStreamLayer,
     WeightMode,
 )
-
-Activation = Literal["relu", "elu", "tanh", "sigmoid", "gelu", "leaky_relu"]
-
-_ACTIVATIONS: dict[str, type[nn.Module]] = {
-    "relu": nn.ReLU,
-    "elu": nn.ELU,
-    "tanh": nn.Tanh,
-    "sigmoid": nn.Sigmoid,
-    "gelu": nn.GELU,
-    "leaky_relu": nn.LeakyReLU,
-}
+from lit_bioplaus.nn.pointwise import Activation, TwoStreamActivation, TwoStreamBatchNorm
 
 
-def make_activation(name: str) -> nn.Module:
-    """Activation module by name (one of ``Activation``)."""
-    try:
-        return _ACTIVATIONS[name]()
-    except KeyError:
-        raise ValueError(f"unknown activation {name!r}; choose one of {sorted(_ACTIVATIONS)}") from None
+class TwoStreamNetwork(TwoStreamLayer):
+    """One sequence of two-stream modules, bottom to top, like ``nn.Sequential``: maps
+    (linear, conv, pooling, flatten, residual blocks), activations and per-stream norms
+    in the order they run. The order of operations *is* the data: no flags beside it.
 
+    * ``up`` (``forward``): the modules' ``up`` maps bottom to top, ``(N, *input_shape)
+      -> (N, num_outputs)``; the last module is the prediction head.
+    * ``down``: the modules' ``down`` maps top to bottom: the ungated top-down (feedback)
+      network, with the activation after every map but the lowest and each stream's norms
+      where they stand (see ``TwoStreamBatchNorm``).
+    * ``network[k]`` is the ``k``-th module; ``network[:k]`` a ``TwoStreamNetwork`` of the
+      first ``k`` (e.g. the features after an activation); ``len``, iteration, printing
+      work as for ``nn.Sequential``.
 
-def _batch_norm(layer: TwoStreamLayer) -> nn.Module:
-    """Batch-norm over the channels of ``layer``'s upward output."""
-    if isinstance(layer, TwoStreamMirror):
-        return nn.BatchNorm2d(layer.layer.in_channels)
-    if isinstance(layer, TwoStreamConv2d):
-        return nn.BatchNorm2d(layer.out_channels)
-    if isinstance(layer, TwoStreamLinear):
-        return nn.BatchNorm1d(layer.out_features)
-    raise ValueError(f"batch_norm needs a linear or conv layer before each activation, got {type(layer).__name__}")
-
-
-class TwoStreamNetwork(nn.Module):
-    """A stack of two-stream layers with an activation after chosen layers.
-
-    The bottom-up stream is ``h_l = act(norm_l(f_l(h_{l-1})))`` for activated layers
-    (``f_l(h_{l-1})`` otherwise) with ``h_0 = x``; the last layer is the prediction head.
-    The top-down stream runs the layers' ``down`` maps in reverse order, applying the
-    activation (and the stream's own norm) at the same points as the bottom-up stream.
+    Learning rules walk the same sequence: Counter-Hebb runs ``gated_down`` of every
+    module top to bottom, Counter-Current pairs the two streams at every activation.
 
     Args:
-        layers: the two-stream layers, bottom to top; the last one is the head.
-        activated: per layer, whether the activation follows it.
-        activation: name of the activation.
-        batch_norm: batch-normalise before every activation, with separate modules (and
-            running statistics) for the two streams.
+        modules: the two-stream modules, bottom to top.
     """
 
-    def __init__(
-        self,
-        layers: Sequence[TwoStreamLayer],
-        activated: Sequence[bool],
-        activation: Activation,
-        batch_norm: bool = False,
-    ) -> None:
+    has_weights = True
+
+    def __init__(self, modules: Sequence[TwoStreamLayer]) -> None:
         super().__init__()
-        if len(layers) != len(activated):
-            raise ValueError("layers and activated must have the same length")
-        self.layers = nn.ModuleList(layers)
-        self.activated: tuple[bool, ...] = tuple(activated)
-        self.activation = make_activation(activation)
-        self.up_norms = self.down_norms = None
-        if batch_norm:
-            pairs = list(zip(layers, self.activated, strict=True))
-            self.up_norms, self.down_norms = (
-                nn.ModuleList(_batch_norm(layer) if on else nn.Identity() for layer, on in pairs) for _ in range(2)
-            )
+        for index, module in enumerate(modules):
+            if not isinstance(module, TwoStreamLayer):
+                raise TypeError(f"module {index} is a {type(module).__name__}, not a two-stream module")
+            self.add_module(str(index), module)
+        self._register_load_state_dict_pre_hook(self._rename_legacy_keys)
 
-    def up_activation(self, index: int, x: Tensor) -> Tensor:
-        """The upward stream at the output of layer ``index``: ``act(norm(x))`` if activated."""
-        if not self.activated[index]:
-            return x
-        return self.activation(x if self.up_norms is None else self.up_norms[index](x))
+    def __len__(self) -> int:
+        return len(self._modules)
 
-    def down_activation(self, index: int, y: Tensor) -> Tensor:
-        """The downward stream at the output of layer ``index``, with its own norm."""
-        if not self.activated[index]:
-            return y
-        return self.activation(y if self.down_norms is None else self.down_norms[index](y))
+    def __iter__(self) -> Iterator[TwoStreamLayer]:
+        return iter(self._modules.values())  # type: ignore[arg-type]
 
-    def up_parameters(self) -> list[nn.Parameter]:
-        """Parameters of the upward (forward) stream, norms included."""
-        params = [p for layer in self.layers for p in layer.up_parameters()]
-        return params + ([] if self.up_norms is None else list(self.up_norms.parameters()))
+    def __getitem__(self, index: int | slice) -> Any:
+        modules = list(self)
+        return TwoStreamNetwork(modules[index]) if isinstance(index, slice) else modules[index]
 
-    def down_parameters(self) -> list[nn.Parameter]:
-        """Parameters used only by the downward (feedback) stream, norms included."""
-        params = [p for layer in self.layers for p in layer.down_parameters()]
-        return params + ([] if self.down_norms is None else list(self.down_norms.parameters()))
-
-    @property
-    def head(self) -> TwoStreamLayer:
-        """The prediction head ``H_pred`` (last layer)."""
-        return self.layers[-1]
-
-    def forward(self, x: Tensor) -> Tensor:
-        """Bottom-up pass: ``(N, *input_shape) -> (N, num_outputs)`` logits."""
-        for index, layer in enumerate(self.layers):
-            x = self.up_activation(index, layer.up(x))
+    def up(self, x: Tensor) -> Tensor:
+        for module in self:
+            x = module.up(x)
         return x
 
     def down(self, y: Tensor, use_bias: bool = True) -> Tensor:
-        """Ungated top-down pass: ``(N, num_outputs) -> (N, *input_shape)``.
-
-        The activation follows each layer whose bottom-up mirror is activated,
-        applied on the layer's output side before its ``down`` map.
-        """
-        for index in reversed(range(len(self.layers))):
-            y = self.layers[index].down(self.down_activation(index, y), use_bias=use_bias)
+        """Ungated top-down pass: ``(N, num_outputs) -> (N, *input_shape)``."""
+        for module in reversed(list(self)):
+            y = module.down(y, use_bias=use_bias)
         return y
+
+    def gated_trace(self, x: Tensor, delta: Tensor) -> tuple[list[Tensor], list[Tensor], Tensor]:
+        """Counter-Hebb's TD pass of the output-side ``delta`` through the sequence, every
+        module gated by its own BU input: ``(inputs, deltas, delta_in)`` with each module's
+        BU input and the TD value at its output, and the TD value at the input."""
+        inputs = []
+        for module in self:
+            inputs.append(x)
+            x = module.up(x)
+        deltas = []
+        for module, h_in in zip(reversed(list(self)), reversed(inputs), strict=True):
+            deltas.append(delta)
+            delta = module.gated_down(h_in, delta)
+        return inputs, deltas[::-1], delta
+
+    def gated_down(self, x: Tensor, delta: Tensor) -> Tensor:
+        return self.gated_trace(x, delta)[2]
+
+    def counter_hebb_energy(self, x: Tensor, delta: Tensor) -> Tensor:
+        """The modules' energies on the TD pass through the sequence (a nested network)."""
+        with torch.no_grad():
+            inputs, deltas, _ = self.gated_trace(x, delta)
+        energies = [m.counter_hebb_energy(h, d) for m, h, d in zip(self, inputs, deltas, strict=True) if m.has_weights]
+        return torch.stack(energies).sum() if energies else delta.new_zeros(())
+
+    @property
+    def supports_gated_down(self) -> bool:  # type: ignore[override]
+        return all(module.supports_gated_down for module in self)
+
+    def up_parameters(self) -> list[nn.Parameter]:
+        """Parameters of the upward (forward) stream, norms included."""
+        return [p for module in self for p in module.up_parameters()]
+
+    def down_parameters(self) -> list[nn.Parameter]:
+        """Parameters used only by the downward (feedback) stream, norms included."""
+        return [p for module in self for p in module.down_parameters()]
+
+    @property
+    def head(self) -> TwoStreamLayer:
+        """The prediction head ``H_pred`` (last module)."""
+        return self[-1]
 
     def weighted_layers(self) -> list[WeightedTwoStreamLayer]:
         """The linear and conv layers, bottom to top (inside blocks too)."""
         return [module for module in self.modules() if isinstance(module, WeightedTwoStreamLayer)]
+
+    def activations(self) -> list[TwoStreamActivation]:
+        """The activation modules, bottom to top."""
+        return [module for module in self if isinstance(module, TwoStreamActivation)]
 
     def reset_feedback_parameters(self) -> None:
         """Re-initialise every separate feedback map as a layer of its own (see
@@ -141,6 +130,40 @@ class TwoStreamNetwork(nn.Module):
         feedback network call this once the network is built."""
         for layer in self.weighted_layers():
             layer.reset_feedback_parameters()
+
+    def legacy_key_map(self) -> dict[str, str]:
+        """Prefix renames from the layout before activations and norms were modules of
+        the sequence (``layers.{i}``, ``up_norms.{i}``, ``down_norms.{i}``, indexed by the
+        maps alone) to this one (``{k}``, ``{k}.norm``)."""
+        renames, maps = {}, -1
+        for index, module in enumerate(self):
+            if isinstance(module, TwoStreamBatchNorm):
+                renames[f"{module.stream}_norms.{maps}."] = f"{index}.norm."
+            elif not isinstance(module, TwoStreamActivation):
+                maps += 1
+                renames[f"layers.{maps}."] = f"{index}."
+        return renames
+
+    def _rename_legacy_keys(self, state_dict: dict[str, Tensor], prefix: str, *args: Any) -> None:
+        """Load-state-dict pre-hook: checkpoints and zoo files of the old layout load."""
+        old_prefixes = tuple(prefix + name for name in ("layers.", "up_norms.", "down_norms."))
+        legacy = [key for key in state_dict if key.startswith(old_prefixes)]
+        if not legacy:
+            return
+        renames = self.legacy_key_map()
+        for key in legacy:
+            rest = key[len(prefix) :]
+            old = next((old for old in renames if rest.startswith(old)), None)
+            if old is not None:
+                state_dict[prefix + renames[old] + rest[len(old) :]] = state_dict.pop(key)
+
+
+def stage(layer: TwoStreamLayer, activation: Activation, norm: int | None = None) -> list[TwoStreamLayer]:
+    """``layer``, then (with ``norm`` features) its BU batch-norm, the activation, and
+    the TD batch-norm of the stream coming down into this point."""
+    if norm is None:
+        return [layer, TwoStreamActivation(activation)]
+    return [layer, TwoStreamBatchNorm(norm, "up"), TwoStreamActivation(activation), TwoStreamBatchNorm(norm, "down")]
 
 
 class MLP(TwoStreamNetwork):
@@ -164,11 +187,12 @@ class MLP(TwoStreamNetwork):
         bias: bool = True,
         weight_mode: WeightMode = "shared",
     ) -> None:
-        widths = [math.prod(input_shape), *hidden, num_classes]
-        layers: list[TwoStreamLayer] = [TwoStreamFlatten(tuple(input_shape))]
-        layers += [TwoStreamLinear(w_in, w_out, bias=bias, weight_mode=weight_mode) for w_in, w_out in pairwise(widths)]
-        activated = [False] + [True] * len(hidden) + [False]
-        super().__init__(layers, activated, activation)
+        widths = [math.prod(input_shape), *hidden]
+        modules: list[TwoStreamLayer] = [TwoStreamFlatten(tuple(input_shape))]
+        for w_in, w_out in pairwise(widths):
+            modules += stage(TwoStreamLinear(w_in, w_out, bias=bias, weight_mode=weight_mode), activation)
+        modules.append(TwoStreamLinear(widths[-1], num_classes, bias=bias, weight_mode=weight_mode))
+        super().__init__(modules)
 
 
 class ConvNet(TwoStreamNetwork):
@@ -203,25 +227,19 @@ class ConvNet(TwoStreamNetwork):
         if len(input_shape) != 3:
             raise ValueError(f"ConvNet needs input_shape (C, H, W), got {tuple(input_shape)}")
         c, h, w = (int(s) for s in input_shape)
-        layers: list[TwoStreamLayer] = []
+        modules: list[TwoStreamLayer] = []
         for out_channels in channels:
             conv = TwoStreamConv2d(
-                c,
-                out_channels,
-                kernel_size,
-                stride,
-                padding,
-                bias=bias,
-                weight_mode=weight_mode,
-                input_size=(h, w),
+                c, out_channels, kernel_size, stride, padding, bias=bias, weight_mode=weight_mode, input_size=(h, w)
             )
-            layers.append(conv)
+            modules += stage(conv, activation)
             c, (h, w) = out_channels, conv.output_size
-        layers.append(TwoStreamFlatten((c, h, w)))
-        widths = [c * h * w, *hidden, num_classes]
-        layers += [TwoStreamLinear(w_in, w_out, bias=bias, weight_mode=weight_mode) for w_in, w_out in pairwise(widths)]
-        activated = [True] * len(channels) + [False] + [True] * len(hidden) + [False]
-        super().__init__(layers, activated, activation)
+        modules.append(TwoStreamFlatten((c, h, w)))
+        widths = [c * h * w, *hidden]
+        for w_in, w_out in pairwise(widths):
+            modules += stage(TwoStreamLinear(w_in, w_out, bias=bias, weight_mode=weight_mode), activation)
+        modules.append(TwoStreamLinear(widths[-1], num_classes, bias=bias, weight_mode=weight_mode))
+        super().__init__(modules)
 
 
 class PooledConvNet(TwoStreamNetwork):
@@ -229,8 +247,9 @@ class PooledConvNet(TwoStreamNetwork):
     2x2 max-pooling and the activation, then a linear classifier.
 
     ``conv(channels[0]) - pool - act - ... - conv(channels[-1]) - pool - act - flatten - linear``.
-    Downward: the linear map's feedback, then per stage nearest x2 upsampling and a
-    3x3 convolution (``TwoStreamConv2d(feedback="upsample")`` after ``TwoStreamMaxPool2d``).
+    Downward: the linear map's feedback and the activation, then per stage nearest x2
+    upsampling and a 3x3 convolution (``TwoStreamConv2d(feedback="upsample")`` after
+    ``TwoStreamMaxPool2d``), and the activation again but after the lowest convolution.
     (Pooling before the activation equals the paper's activation-then-pool for monotone
     activations, and puts the activation at the pooled point both streams share.)
 
@@ -254,22 +273,20 @@ class PooledConvNet(TwoStreamNetwork):
         if len(input_shape) != 3:
             raise ValueError(f"PooledConvNet needs input_shape (C, H, W), got {tuple(input_shape)}")
         c, h, w = (int(s) for s in input_shape)
-        layers: list[TwoStreamLayer] = []
+        modules: list[TwoStreamLayer] = []
         for out_channels in channels:
             if min(h, w) < 2:
                 raise ValueError(f"input {tuple(input_shape)} is too small for {len(channels)} 2x2 poolings")
-            layers.append(
+            modules.append(
                 TwoStreamConv2d(
                     c, out_channels, 3, 1, 1, bias=bias, weight_mode=weight_mode, input_size=(h, w), feedback="upsample"
                 )
             )
             pool = TwoStreamMaxPool2d((h, w))
-            layers.append(pool)
+            modules += stage(pool, activation)
             c, (h, w) = out_channels, pool.output_size
         head = TwoStreamLinear(c * h * w, num_classes, bias=bias, weight_mode=weight_mode)
-        layers += [TwoStreamFlatten((c, h, w)), head]
-        activated = [False, True] * len(channels) + [False, False]
-        super().__init__(layers, activated, activation)
+        super().__init__([*modules, TwoStreamFlatten((c, h, w)), head])
 
 
 class ConvAutoencoder(TwoStreamNetwork):
@@ -337,9 +354,12 @@ class ConvAutoencoder(TwoStreamNetwork):
             )
             for layer in reversed(encoder)
         ]
-        layers: list[TwoStreamLayer] = [*encoder, *mirrored]
-        activated = [True] * (len(layers) - 1) + [False]
-        super().__init__(layers, activated, activation, batch_norm=batch_norm)
+        maps: list[TwoStreamLayer] = [*encoder, *mirrored]
+        modules: list[TwoStreamLayer] = []
+        for layer in maps[:-1]:
+            width = layer.layer.in_channels if isinstance(layer, TwoStreamMirror) else layer.out_channels
+            modules += stage(layer, activation, norm=width if batch_norm else None)
+        super().__init__([*modules, maps[-1]])
         self.upsample_init_scale = upsample_init_scale
         self._scale_upsampling_maps()
 
