@@ -33,6 +33,20 @@ def test_entry_matches_its_metadata(name):
     assert model(torch.zeros(3, *model.input_shape)).shape == (3, model.num_classes)
 
 
+@pytest.mark.parametrize("name", PUBLISHED)
+def test_entry_reproduces_its_manifest_metrics(name, tmp_path):
+    """Every entry, loaded through the CLI from its recipe, measures on its test split what
+    the manifest says (Fashion-MNIST entries read the Debian package's files: .ci/run
+    installs ``dataset-fashion-mnist``)."""
+    entry = zoo.get_weights(name)
+    args = expand_zoo_argument(["test", "--zoo", name])[1:]
+    cli = main([*args, "--trainer.logger", "false", "--trainer.enable_progress_bar", "false",
+                "--trainer.default_root_dir", str(tmp_path)], run=False)  # fmt: skip
+    results = cli.trainer.test(cli.model, datamodule=cli.datamodule, verbose=False)[0]
+    for metric, value in entry.metrics.items():
+        assert results[metric] == pytest.approx(value, abs=2e-6), metric
+
+
 def test_unknown_entry_lists_the_available_ones():
     with pytest.raises(ValueError, match="bp_mlp500_fashion_mnist"):
         zoo.get_weights("resnet9000")
