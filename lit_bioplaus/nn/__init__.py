@@ -12,7 +12,7 @@ from lit_bioplaus.nn.layers import (
     WeightedTwoStreamLayer,
     WeightMode,
 )
-from lit_bioplaus.nn.networks import MLP, ConvAutoencoder, ConvNet, PooledConvNet, TwoStreamNetwork
+from lit_bioplaus.nn.networks import MLP, ConvAutoencoder, ConvNet, MultiMNISTNet, PooledConvNet, TwoStreamNetwork
 from lit_bioplaus.nn.pointwise import Activation, TwoStreamActivation, TwoStreamBatchNorm, make_activation
 
 __all__ = [
@@ -21,6 +21,7 @@ __all__ = [
     "Activation",
     "ConvAutoencoder",
     "ConvNet",
+    "MultiMNISTNet",
     "PooledConvNet",
     "TwoStreamActivation",
     "TwoStreamBatchNorm",

@@ -104,6 +104,7 @@ class WeightedTwoStreamLayer(TwoStreamLayer):
             feedback weight (``symmetric`` / ``asymmetric``) then also gets a
             top-down bias with one entry per input channel.
         weight_mode: see the module docstring.
+        num_inputs: input channels, when not ``weight_shape[1]`` (grouped convolutions).
     """
 
     has_weights = True
@@ -115,6 +116,7 @@ class WeightedTwoStreamLayer(TwoStreamLayer):
         fan_out_down: int,
         bias: bool,
         weight_mode: WeightMode,
+        num_inputs: int | None = None,
     ) -> None:
         super().__init__()
         if weight_mode not in WEIGHT_MODES:
@@ -134,7 +136,7 @@ class WeightedTwoStreamLayer(TwoStreamLayer):
 
         trainable_feedback = weight_mode in ("symmetric", "asymmetric")
         self.feedback_bias = (
-            nn.Parameter(_uniform_bias_(torch.empty(weight_shape[1]), fan_out_down))
+            nn.Parameter(_uniform_bias_(torch.empty(num_inputs or weight_shape[1]), fan_out_down))
             if bias and trainable_feedback
             else None
         )
@@ -279,6 +281,8 @@ class TwoStreamConv2d(WeightedTwoStreamLayer):
     Args:
         input_size: ``(H, W)`` of the bottom-up input. Needed whenever the
             stride does not divide the input evenly; networks pass it.
+        groups: grouped convolution in both streams (``groups=C_in=C_out``: depthwise,
+            e.g. the Counter-Hebb paper's pool-convolutions); weights ``(C_out, C_in / groups, kH, kW)``.
     """
 
     def __init__(
@@ -293,17 +297,21 @@ class TwoStreamConv2d(WeightedTwoStreamLayer):
         weight_mode: WeightMode = "shared",
         input_size: tuple[int, int] | None = None,
         feedback: FeedbackMap = "transpose",
+        groups: int = 1,
     ) -> None:
+        if groups < 1 or in_channels % groups or out_channels % groups:
+            raise ValueError(f"groups={groups} must divide in_channels={in_channels} and out_channels={out_channels}")
         k, s, p, d = _pair(kernel_size), _pair(stride), _pair(padding), _pair(dilation)
         preserves_size = all(2 * p_ == d_ * (k_ - 1) for k_, p_, d_ in zip(k, p, d, strict=True))
         if feedback == "upsample" and (input_size is None or not preserves_size):
             raise ValueError("feedback='upsample' needs input_size and a size-preserving padding (2p == d (k - 1))")
         if feedback not in get_args(FeedbackMap):
             raise ValueError(f"feedback must be one of {get_args(FeedbackMap)}, got {feedback!r}")
-        fan_in = in_channels * k[0] * k[1]
-        fan_out = out_channels * k[0] * k[1]
-        super().__init__((out_channels, in_channels, *k), fan_in, fan_out, bias, weight_mode)
+        fan_in = in_channels // groups * k[0] * k[1]
+        fan_out = out_channels // groups * k[0] * k[1]
+        super().__init__((out_channels, in_channels // groups, *k), fan_in, fan_out, bias, weight_mode, in_channels)
         self.feedback: FeedbackMap = feedback
+        self.groups = groups
         self.in_channels, self.out_channels = in_channels, out_channels
         self.kernel_size, self.stride, self.padding, self.dilation = k, s, p, d
         self.input_size = None if input_size is None else _pair(tuple(input_size))
@@ -325,25 +333,28 @@ class TwoStreamConv2d(WeightedTwoStreamLayer):
         )
 
     def up(self, x: Tensor) -> Tensor:
-        return F.conv2d(x, self.weight, self.bias, self.stride, self.padding, self.dilation)
+        return F.conv2d(x, self.weight, self.bias, self.stride, self.padding, self.dilation, self.groups)
 
     def weight_update(self, x: Tensor, delta: Tensor) -> tuple[Tensor, Tensor]:
-        weight = torch.nn.grad.conv2d_weight(x, self.weight.shape, delta, self.stride, self.padding, self.dilation)
+        weight = torch.nn.grad.conv2d_weight(
+            x, self.weight.shape, delta, self.stride, self.padding, self.dilation, self.groups
+        )
         return weight, delta.sum(dim=(0, 2, 3))
 
     def down(self, y: Tensor, use_bias: bool = True) -> Tensor:
         bias = self.feedback_bias if use_bias else None
         if self.feedback == "upsample":
             y = F.interpolate(y, size=self.input_size, mode="nearest")
-            return F.conv_transpose2d(y, self.feedback_weight, bias, 1, self.padding, 0, 1, self.dilation)
+            return F.conv_transpose2d(y, self.feedback_weight, bias, 1, self.padding, 0, self.groups, self.dilation)
         return F.conv_transpose2d(
-            y, self.feedback_weight, bias, self.stride, self.padding, self.output_padding, 1, self.dilation
+            y, self.feedback_weight, bias, self.stride, self.padding, self.output_padding, self.groups, self.dilation
         )
 
     def extra_repr(self) -> str:
         return (
             f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, "
-            f"stride={self.stride}, padding={self.padding}, feedback={self.feedback}, " + super().extra_repr()
+            f"stride={self.stride}, padding={self.padding}, groups={self.groups}, feedback={self.feedback}, "
+            + super().extra_repr()
         )
 
 
