@@ -7,6 +7,8 @@ from lit_bioplaus.algorithms import (
     CounterHebb,
     DirectFeedbackAlignment,
     FeedbackAlignment,
+    GuidedBackProp,
+    GuidedCounterHebb,
 )
 
 __all__ = [
@@ -16,5 +18,7 @@ __all__ = [
     "CounterHebb",
     "DirectFeedbackAlignment",
     "FeedbackAlignment",
+    "GuidedBackProp",
+    "GuidedCounterHebb",
 ]
 __version__ = "0.1.0"

@@ -31,6 +31,7 @@ class BioplausCLI(LightningCLI):
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         parser.link_arguments("data.num_classes", "model.init_args.num_classes", apply_on="instantiate")
         parser.link_arguments("data.input_shape", "model.init_args.input_shape", apply_on="instantiate")
+        parser.link_arguments("data.num_tasks", "model.init_args.num_tasks", apply_on="instantiate")
         parser.add_argument(
             "--test_after_fit",
             type=bool,

@@ -42,11 +42,23 @@ def classification_loss(logits: Tensor, target: Tensor, loss: Loss) -> Tensor:
     raise ValueError(f"unknown loss {loss!r}; choose 'ce' or 'mse'")
 
 
+def log_image(loggers: Sequence[Logger], key: str, image: Tensor, epoch: int, caption: str) -> None:
+    """Log a ``(3, H, W)`` image in ``[0, 1]``: to W&B and TensorBoard under ``key``, and for
+    other loggers as ``{key's last part}/epoch_{epoch}.png`` in the run directory."""
+    for logger in loggers:
+        if isinstance(logger, WandbLogger):
+            logger.log_image(key=key, images=[image], caption=[caption])
+        elif isinstance(logger, TensorBoardLogger):
+            logger.experiment.add_image(key, image, epoch)
+        elif logger.log_dir is not None:
+            folder = Path(logger.log_dir) / key.rsplit("/", 1)[-1]
+            folder.mkdir(parents=True, exist_ok=True)
+            torchvision.utils.save_image(image, folder / f"epoch_{epoch}.png")
+
+
 def log_reconstructions(loggers: Sequence[Logger], inputs: Tensor, outputs: Tensor, epoch: int, count: int = 8) -> None:
     """Log a grid of the first ``count`` inputs (top row) above their reconstructions
-    (bottom row), each image min-max scaled: to W&B as ``val/reconstructions``, to
-    TensorBoard as an image, and for other loggers as ``reconstructions/epoch_{epoch}.png``
-    in the run directory.
+    (bottom row), each image min-max scaled, as ``val/reconstructions`` (``log_image``).
 
     Args:
         inputs, outputs: ``(N, C, H, W)`` images and reconstructions.
@@ -54,15 +66,7 @@ def log_reconstructions(loggers: Sequence[Logger], inputs: Tensor, outputs: Tens
     count = min(count, inputs.shape[0])
     images = torch.cat([inputs[:count], outputs[:count]]).detach().float().cpu()
     grid = torchvision.utils.make_grid(images, nrow=count, normalize=True, scale_each=True)
-    for logger in loggers:
-        if isinstance(logger, WandbLogger):
-            logger.log_image(key="val/reconstructions", images=[grid], caption=[f"epoch {epoch}: inputs / outputs"])
-        elif isinstance(logger, TensorBoardLogger):
-            logger.experiment.add_image("val/reconstructions", grid, epoch)
-        elif logger.log_dir is not None:
-            folder = Path(logger.log_dir) / "reconstructions"
-            folder.mkdir(parents=True, exist_ok=True)
-            torchvision.utils.save_image(grid, folder / f"epoch_{epoch}.png")
+    log_image(loggers, "val/reconstructions", grid, epoch, f"epoch {epoch}: inputs / outputs")
 
 
 class BioplausModule(L.LightningModule):
@@ -95,6 +99,9 @@ class BioplausModule(L.LightningModule):
         pretrained: name of a model-zoo entry whose weights are loaded after
             construction (see ``lit_bioplaus.zoo``); verified by sha256.
         task: ``"classification"`` or ``"autoencoder"``.
+        num_tasks: tasks of the data (linked from the DataModule by the CLI): 1 for
+            plain data; more only for the guided rules (``lit_bioplaus.GuidedCounterHebb``,
+            ``lit_bioplaus.GuidedBackProp``).
     """
 
     def __init__(
@@ -109,9 +116,12 @@ class BioplausModule(L.LightningModule):
         gradient_clip_val: float | None = None,
         pretrained: str | None = None,
         task: Task = "classification",
+        num_tasks: int = 1,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
+        self.num_tasks = num_tasks
+        self.check_num_tasks(num_tasks)
         self.automatic_optimization = False
         self.gradient_clip_val = gradient_clip_val
         self.num_classes = num_classes
@@ -137,6 +147,14 @@ class BioplausModule(L.LightningModule):
             from lit_bioplaus.zoo import load_state_dict
 
             self.load_state_dict(load_state_dict(pretrained))
+
+    def check_num_tasks(self, num_tasks: int) -> None:
+        """Refuse multi-task data: an unguided rule has no instruction to pick the task."""
+        if num_tasks != 1:
+            raise ValueError(
+                f"{type(self).__name__} learns one task, but the data has {num_tasks}: "
+                "use lit_bioplaus.GuidedCounterHebb or lit_bioplaus.GuidedBackProp"
+            )
 
     def build_network(self, network: NetworkFactory) -> TwoStreamNetwork:
         """The network from its factory (a hook for rules that initialise it their way)."""

@@ -34,6 +34,9 @@ from torch import Tensor
 from lit_bioplaus.algorithms.base import BioplausModule, NetworkFactory
 from lit_bioplaus.nn import TwoStreamLayer, TwoStreamNetwork
 
+Gates = dict[int, Tensor]
+"""Guided learning's masks: network module index -> 0/1 tensor shaped like its output."""
+
 
 @dataclass
 class UpTrace:
@@ -80,12 +83,15 @@ class CounterHebb(BioplausModule):
 
     # --- the learning rule ---------------------------------------------------------------
     @torch.no_grad()
-    def up_pass(self, x: Tensor) -> UpTrace:
-        """Bottom-up pass ``x -> y`` keeping each module's input and output."""
+    def up_pass(self, x: Tensor, gates: Gates | None = None) -> UpTrace:
+        """Bottom-up pass ``x -> y`` keeping each module's input and output; ``gates``
+        (module index -> mask shaped like its output) multiply the outputs they name."""
         trace = UpTrace([], [])
-        for module in self.network:
+        for index, module in enumerate(self.network):
             trace.inputs.append(x)
             x = module.up(x)
+            if gates is not None and index in gates:
+                x = x * gates[index]
             trace.outputs.append(x)
         return trace
 
@@ -100,10 +106,11 @@ class CounterHebb(BioplausModule):
         return loss.detach(), error * logits.shape[0]
 
     @torch.no_grad()
-    def down_pass(self, trace: UpTrace, delta: Tensor) -> list[Tensor | None]:
+    def down_pass(self, trace: UpTrace, delta: Tensor, gates: Gates | None = None) -> list[Tensor | None]:
         """Top-down pass of the output error through every module's ``gated_down``:
-        GaLU at the activations (``delta * [h > 0]``), bias-blocking in the maps,
-        max-pooling's error routed to each window's winner.
+        GaLU at the activations (``delta * [h > 0]``, times the module's gate when
+        ``gates`` names it, so the error stays inside the task's sub-network),
+        bias-blocking in the maps, max-pooling's error routed to each window's winner.
 
         Returns ``delta`` per module: the TD value on the module's output side, shaped
         like ``trace.outputs[k]``; None below the lowest weighted module, where nothing
@@ -114,6 +121,8 @@ class CounterHebb(BioplausModule):
         deltas: list[Tensor | None] = [None] * len(modules)
         delta = delta.to(trace.logits.dtype)
         for index in reversed(range(lowest, len(modules))):
+            if gates is not None and index in gates:
+                delta = delta * gates[index]
             deltas[index] = delta
             if index > lowest:
                 delta = modules[index].gated_down(trace.inputs[index], delta)

@@ -1,0 +1,242 @@
+"""Instructed (guided) learning: a task given top-down selects a sub-network (Abel & Ullman,
+NeurIPS 2024, Algorithm 2; ALGORITHMS.md section 4.1).
+
+One training step, for ``T`` tasks and sample ``n`` with task ``t_n``:
+
+1. **Pass 1, TD instruction** (no gradient, no bias, no lateral gating): the fixed
+   instruction head maps the task one-hot ``e_t`` to the top of the core,
+   ``hb_L = relu(relu(e_t W_task) W_hidden)``, and the network's ``down`` maps carry it to
+   the bottom with the activation after each: ``hb_{l-1} = act(fb_l(hb_l))``. The gate of
+   activation ``l`` is ``G_l(t) = [hb_l > 0]``. Gates depend on the task only, so pass 1
+   runs once per step on ``eye(T)`` (``T`` rows, not ``N``) and the masks are indexed by
+   ``t_n``.
+2. **Pass 2, guided BU**: ``h_l = act(f_l(h_{l-1})) * G_l(t_n)`` at every activation; the
+   head is not gated. Single decoder: ``y = P(h_L)`` (``C`` logits shared by the tasks);
+   multi decoder: ``P`` has ``T * C`` outputs, slot ``t_n`` is the sample's.
+3. **Error and pass 3** (Counter-Hebb): the error of the task's slot goes down with GaLU,
+   bias-blocking and the same gates, so it stays inside the task's sub-network.
+4. **Update**: the unguided Counter-Hebb energy of pass 2 and pass 3, i.e. with
+   shared / symmetric weights exactly the autograd gradient of pass 2 with the gates
+   held constant (what ``GuidedBackProp`` computes).
+
+The instruction head is never trained: its two weights are buffers (saved, never in an
+optimizer). Batches are ``(x, labels, task)`` with ``labels`` of shape ``(N, T)`` (one
+label per task) and ``task`` ``(N,)`` (``lit_bioplaus.data.MultiMNIST`` draws it per
+sample per epoch). Validation and test run every image under every task: ``{stage}/acc``
+is the mean over tasks of the per-task accuracies ``{stage}/acc_task{t}``.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, NamedTuple
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torchmetrics.classification import MulticlassAccuracy
+
+from lit_bioplaus.algorithms.backprop import BackProp
+from lit_bioplaus.algorithms.base import BioplausModule, classification_loss
+from lit_bioplaus.algorithms.counter_hebb import CounterHebb, Gates
+from lit_bioplaus.nn import TwoStreamActivation, TwoStreamLinear
+
+
+class TaskTarget(NamedTuple):
+    """Training target of a guided batch."""
+
+    label: Tensor
+    """``(N,)`` int64: each sample's label under its task."""
+    task: Tensor
+    """``(N,)`` int64: each sample's task."""
+
+
+class GuidedLearning(BioplausModule):
+    """What every guided rule shares: the instruction head, pass 1, the gated BU pass, the
+    decoders, the per-task metrics and prediction under an instruction. Combine it with a
+    rule (``GuidedCounterHebb``, ``GuidedBackProp``); use those.
+
+    Args:
+        num_tasks: ``T`` (linked from the DataModule by the CLI).
+        instruction_width: ``E``, the hidden width of the instruction head
+            ``T -> E -> width of h_L`` (50 for Multi-MNIST, 200 for CelebA).
+        train_all_tasks: train every image under every task (the loss is the mean over
+            tasks; ``T`` times the work) instead of the batch's drawn task.
+        **kwargs: see the rule and ``BioplausModule``.
+    """
+
+    def __init__(self, num_tasks: int = 2, instruction_width: int = 50, train_all_tasks: bool = False, **kwargs: Any):
+        super().__init__(num_tasks=num_tasks, **kwargs)
+        head = self.network.head
+        if not isinstance(head, TwoStreamLinear):
+            raise ValueError(f"guided learning needs a linear prediction head, got {head!r}")
+        if head.out_features not in (self.num_classes, num_tasks * self.num_classes):
+            raise ValueError(
+                f"the head has {head.out_features} outputs: {self.num_classes} (single decoder) or "
+                f"{num_tasks} x {self.num_classes} (multi decoder) expected"
+            )
+        self.decoder = "single" if head.out_features == self.num_classes else "multi"
+        modules = list(self.network)
+        self.gate_points = [i for i, module in enumerate(modules[:-1]) if isinstance(module, TwoStreamActivation)]
+        if not self.gate_points:
+            raise ValueError("guided learning needs activations to gate: the network has none below its head")
+        self.train_all_tasks = train_all_tasks
+        self.register_buffer("instruction_task", _uniform((num_tasks, instruction_width), instruction_width))
+        self.register_buffer("instruction_hidden", _uniform((instruction_width, head.in_features), head.in_features))
+        task_metric = lambda: nn.ModuleList(  # noqa: E731
+            MulticlassAccuracy(self.num_classes, average="micro", validate_args=False) for _ in range(num_tasks)
+        )
+        self.val_task_metrics, self.test_task_metrics = task_metric(), task_metric()
+
+    def check_num_tasks(self, num_tasks: int) -> None:
+        if num_tasks < 1:
+            raise ValueError(f"num_tasks must be at least 1, got {num_tasks}")
+
+    # --- pass 1 and the gated BU pass ---------------------------------------------------------
+    @torch.no_grad()
+    def instruction_pass(self, instructions: Tensor) -> Gates:
+        """Pass 1 of ``(R, T)`` instruction vectors: per gate point (module index of an
+        activation), the ``(R, *shape)`` 0/1 masks ``[hb_l > 0]``."""
+        hidden = F.relu(instructions.to(self.instruction_task.dtype) @ self.instruction_task)
+        hb = F.relu(hidden @ self.instruction_hidden)
+        modules, gates = list(self.network), {}
+        for index in range(len(modules) - 2, self.gate_points[0] - 1, -1):
+            module = modules[index]
+            if isinstance(module, TwoStreamActivation):
+                hb = module.down(hb)
+                gates[index] = (hb > 0).to(hb.dtype)
+            else:
+                hb = module.down(hb, use_bias=False)
+        return gates
+
+    def task_gates(self) -> Gates:
+        """Pass 1 on ``eye(T)``: ``(T, *shape)`` masks ``G_l(t)`` of every task."""
+        weight = self.instruction_task
+        return self.instruction_pass(torch.eye(self.num_tasks, device=weight.device, dtype=weight.dtype))
+
+    def sample_gates(self, task: Tensor) -> Gates:
+        """Pass 1, then each sample's masks: ``(N, *shape)`` per gate point."""
+        return {index: mask[task] for index, mask in self.task_gates().items()}
+
+    def gated_outputs(self, x: Tensor, task: Tensor) -> Tensor:
+        """Pass 2 (with autograd): ``(N, *input_shape) -> (N, outputs of the head)``, each
+        activation's output multiplied by the sample's gate (constants: no gradient)."""
+        gates = self.sample_gates(task)
+        for index, module in enumerate(self.network):
+            x = module.up(x)
+            if index in gates:
+                x = x * gates[index]
+        return x
+
+    def task_logits(self, outputs: Tensor, task: Tensor) -> Tensor:
+        """The ``(N, C)`` logits of each sample's task: all outputs for the single
+        decoder, slot ``task[n]`` of the ``(N, T, C)`` view for the multi decoder."""
+        if self.decoder == "single":
+            return outputs
+        slots = outputs.view(outputs.shape[0], self.num_tasks, self.num_classes)
+        return slots[torch.arange(outputs.shape[0], device=outputs.device), task]
+
+    def forward(self, x: Tensor, task: int | Tensor | None = None) -> Tensor:
+        """Logits under an instruction: ``(N, C)`` for ``task`` (an int, or ``(N,)`` one per
+        sample), or ``(N, T, C)`` for every task when ``task`` is None."""
+        if task is None:
+            n = x.shape[0]
+            tasks = torch.arange(self.num_tasks, device=x.device).repeat_interleave(n)
+            logits = self(x.repeat(self.num_tasks, *[1] * (x.dim() - 1)), tasks)
+            return logits.view(self.num_tasks, n, self.num_classes).transpose(0, 1)
+        if isinstance(task, int):
+            if not 0 <= task < self.num_tasks:
+                raise ValueError(f"task must be in [0, {self.num_tasks}), got {task}")
+            task = torch.full((x.shape[0],), task, device=x.device, dtype=torch.long)
+        return self.task_logits(self.gated_outputs(x, task), task)
+
+    @torch.no_grad()
+    def predict(self, x: Tensor, task: int | Tensor | None = None) -> Tensor:
+        """Class probabilities under an instruction (see ``forward``), in eval mode."""
+        return self(x, task).softmax(dim=-1)
+
+    # --- batches, loss, metrics ---------------------------------------------------------------
+    def split_batch(self, batch: tuple[Tensor, Tensor, Tensor]) -> tuple[Tensor, TaskTarget]:
+        """``(x, TaskTarget)`` of a training batch ``(x, labels (N, T), task (N,))``; with
+        ``train_all_tasks`` every image under every task (``T * N`` rows, task-major)."""
+        x, labels, task = batch
+        if self.train_all_tasks:
+            return self.all_tasks(x, labels)
+        return x, TaskTarget(labels.gather(1, task[:, None]).squeeze(1), task)
+
+    def all_tasks(self, x: Tensor, labels: Tensor) -> tuple[Tensor, TaskTarget]:
+        """Every image under every task: ``(T * N, ...)`` inputs, task-major."""
+        n = x.shape[0]
+        task = torch.arange(self.num_tasks, device=x.device).repeat_interleave(n)
+        return x.repeat(self.num_tasks, *[1] * (x.dim() - 1)), TaskTarget(labels.T.reshape(-1), task)
+
+    def loss(self, outputs: Tensor, target: TaskTarget) -> Tensor:  # type: ignore[override]
+        """Batch-mean loss of each sample's task logits against its label."""
+        return classification_loss(self.task_logits(outputs, target.task), target.label, self.loss_name)
+
+    def log_train_metrics(self, loss: Tensor, logits: Tensor, target: TaskTarget, batch_idx: int) -> None:  # type: ignore[override]
+        super().log_train_metrics(loss, logits, target.label, batch_idx)
+
+    def _evaluate(self, batch: tuple[Tensor, Tensor, Tensor], stage: str) -> tuple[Tensor, Tensor]:
+        x, labels, _ = batch
+        inputs, target = self.all_tasks(x, labels)
+        logits = self(inputs, target.task)
+        loss = classification_loss(logits, target.label, self.loss_name)
+        metric = self.val_metric if stage == "val" else self.test_metric
+        metric(logits, target.label)  # all rows: the mean over tasks of the per-task accuracy
+        task_metrics = self.val_task_metrics if stage == "val" else self.test_task_metrics
+        for task, (task_metric, rows) in enumerate(zip(task_metrics, logits.split(x.shape[0]), strict=True)):
+            task_metric(rows, labels[:, task])
+            self.log(f"{stage}/acc_task{task}", task_metric)
+        self.log(f"{stage}/loss", loss, prog_bar=stage == "val")
+        self.log(f"{stage}/acc", metric, prog_bar=stage == "val")
+        return loss, logits
+
+    def compaction_report(self) -> Any:
+        """The sub-networks' three numbers (``lit_bioplaus.subnetworks.CompactionReport``)."""
+        from lit_bioplaus.subnetworks import compaction_report
+
+        return compaction_report(self)
+
+    def compact(self) -> GuidedLearning:
+        """This module without the units no task uses (``lit_bioplaus.subnetworks.compact``)."""
+        from lit_bioplaus.subnetworks import compact
+
+        return compact(self)
+
+    def predict_step(self, batch: tuple[Tensor, ...], batch_idx: int) -> Tensor:
+        """Class probabilities under every task: ``(N, T, C)``."""
+        return self(batch[0]).softmax(dim=-1)
+
+
+def _uniform(shape: tuple[int, ...], fan_in: int) -> Tensor:
+    """``U(-1/sqrt(fan_in), 1/sqrt(fan_in))``: PyTorch's linear-layer initialisation, of the
+    bottom-up layers the instruction head's TD maps are the transposes of."""
+    bound = 1.0 / math.sqrt(fan_in)
+    return torch.empty(shape).uniform_(-bound, bound)
+
+
+class GuidedCounterHebb(GuidedLearning, CounterHebb):
+    """Instructed Counter-Hebb learning (Algorithm 2): pass 1, the gated BU pass, the
+    error of the task's decoder slot, the gated TD pass and the Counter-Hebb energy.
+
+    Weight modes as ``CounterHebb`` (``shared`` / ``symmetric`` / ``asymmetric``, or
+    ``fixed`` random TD weights for feedback alignment): passes 1 and 3 use the TD weights.
+    """
+
+    def training_objective(self, x: Tensor, target: TaskTarget) -> tuple[Tensor, Tensor, Tensor]:  # type: ignore[override]
+        gates = self.sample_gates(target.task)
+        trace = self.up_pass(x, gates)
+        loss, delta = self.output_error(trace.logits, target)
+        energy = self.lateral_energy(trace, self.down_pass(trace, delta, gates))
+        return energy, loss, self.task_logits(trace.logits, target.task)
+
+
+class GuidedBackProp(GuidedLearning, BackProp):
+    """Backprop through the guided network: the gates of pass 1 are applied and carry no
+    gradient; the BP twin of every guided Counter-Hebb result."""
+
+    def training_objective(self, x: Tensor, target: TaskTarget) -> tuple[Tensor, Tensor, Tensor]:  # type: ignore[override]
+        outputs = self.gated_outputs(x, target.task)
+        loss = self.loss(outputs, target)
+        return loss, loss.detach(), self.task_logits(outputs, target.task)
