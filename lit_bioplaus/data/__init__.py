@@ -21,6 +21,7 @@ from lit_bioplaus.data.modules import (
     FashionMNIST,
     get_datamodule,
 )
+from lit_bioplaus.data.multi_mnist import MultiMNIST, MultiTaskImageDataset
 
 __all__ = [
     "CIFAR10",
@@ -32,6 +33,8 @@ __all__ = [
     "Digits",
     "FashionMNIST",
     "InMemoryImageDataset",
+    "MultiMNIST",
+    "MultiTaskImageDataset",
     "VisionDataModule",
     "collate",
     "get_datamodule",

@@ -140,6 +140,8 @@ class VisionDataModule(L.LightningDataModule, ABC):
     name: ClassVar[str]
     """Human-readable name of the data set, used in messages."""
     num_classes: ClassVar[int]
+    num_tasks: ClassVar[int] = 1
+    """Tasks per image (more than 1 for the guided data sets, whose labels are ``(N, T)``)."""
     input_shape: tuple[int, int, int]
     """``(C, H, W)`` of one image as served (after ``pad``)."""
     mean: ClassVar[tuple[float, ...]]
