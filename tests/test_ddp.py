@@ -41,7 +41,10 @@ def fit(directory: Path, config: str, devices: int, batch_size: int) -> list[dic
     return final
 
 
-@pytest.mark.parametrize("config", ["quickstart.yaml", "quickstart_ch.yaml", "quickstart_ccl.yaml"])
+CONFIGS = ["quickstart.yaml", "quickstart_ch.yaml", "quickstart_ccl.yaml", "quickstart_guided.yaml"]
+
+
+@pytest.mark.parametrize("config", CONFIGS)
 def test_two_ddp_processes_equal_one_process_with_the_global_batch(config, tmp_path):
     rank0, rank1 = fit(tmp_path / "ddp", config, devices=2, batch_size=16)
     assert rank0.keys() == rank1.keys() and rank0

@@ -30,6 +30,7 @@ CASES = {
     "quickstart.yaml": (60, 26, schedule(FORWARD)),
     "quickstart_ch.yaml": (60, 26, schedule(FORWARD)),
     "quickstart_ccl.yaml": (60, 26, [*schedule(FORWARD), *schedule(FEEDBACK), *momentum(FORWARD), *momentum(FEEDBACK)]),
+    "quickstart_guided.yaml": (30, 11, schedule(FORWARD)),  # Multi-Digits at batch 64: 23 batches per epoch
 }
 
 
