@@ -94,9 +94,16 @@ class _StepTimer(L.Callback):
         self.end = time.perf_counter()
 
 
-def lightning_ms_per_step(model: BioplausModule, batch_size: int, steps: int, warmup: int, progress_bar: bool) -> float:
-    """Milliseconds per training step of ``model`` through ``Trainer.fit`` on random data
-    of the model's input shape (``warmup`` untimed steps first)."""
+def lightning_ms_per_step(
+    model: BioplausModule,
+    batch_size: int,
+    steps: int,
+    warmup: int,
+    progress_bar: bool,
+    loader: DataLoader | None = None,
+) -> float:
+    """Milliseconds per training step of ``model`` through ``Trainer.fit`` on ``loader``
+    (default: random data of the model's input shape), ``warmup`` untimed steps first."""
     timer = _StepTimer(warmup)
     trainer = L.Trainer(
         max_epochs=1,
@@ -108,7 +115,8 @@ def lightning_ms_per_step(model: BioplausModule, batch_size: int, steps: int, wa
         limit_val_batches=0,
         callbacks=[timer],
     )
-    loader = make_loader(batch_size, batch_size * (warmup + steps), model.input_shape, model.num_classes)
+    if loader is None:
+        loader = make_loader(batch_size, batch_size * (warmup + steps), model.input_shape, model.num_classes)
     trainer.fit(model, loader)
     return (timer.end - timer.start) / steps * 1e3
 

@@ -6,14 +6,17 @@ from __future__ import annotations
 import itertools
 import math
 import sys
+from functools import partial
 from pathlib import Path
 
 import pytest
+import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 
 import ae_init
 import flops
+import guided_step_time
 import step_time
 
 from lit_bioplaus.algorithms import BackProp, CounterCurrent
@@ -49,3 +52,20 @@ def test_autoencoder_init_benchmark_runs(rule):
     model = ae_init.make_model(rule, datamodule.input_shape, 1e-3, 0.2, channels=(4, 4))
     before, after = ae_init.validation_mse(model, datamodule, steps=30)
     assert math.isfinite(before) and after < before
+
+
+def test_guided_step_time_benchmark_runs():
+    for cls in (guided_step_time.GuidedCounterHebb, guided_step_time.PassOneOnEveryRow):
+        assert guided_step_time.ms_per_step(cls, channels=2, batch_size=4, steps=2, warmup=1) > 0
+
+
+def test_pass_one_on_every_row_gives_the_same_gates():
+    model = guided_step_time.PassOneOnEveryRow(
+        network=partial(guided_step_time.MultiMNISTNet, channels=2), num_tasks=2, input_shape=(1, 28, 28)
+    )
+    task = torch.tensor([1, 0, 1])
+    every_row = model.sample_gates(task)
+    once = guided_step_time.GuidedCounterHebb.sample_gates(model, task)
+    assert every_row.keys() == once.keys()
+    for index in once:
+        assert torch.equal(every_row[index], once[index])
