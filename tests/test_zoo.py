@@ -30,7 +30,8 @@ def test_entry_matches_its_metadata(name):
     assert type(model).__name__ == entry.algorithm
     assert sum(t.numel() for t in model.state_dict().values()) == entry.num_params
     assert model.network.weighted_layers()[0].weight_mode == entry.weight_mode
-    assert model(torch.zeros(3, *model.input_shape)).shape == (3, model.num_classes)
+    per_task = (model.num_tasks,) if model.num_tasks > 1 else ()  # guided: every task's logits
+    assert model(torch.zeros(3, *model.input_shape)).shape == (3, *per_task, model.num_classes)
 
 
 @pytest.mark.parametrize("name", PUBLISHED)

@@ -144,9 +144,13 @@ class BioplausModule(L.LightningModule):
         # No NaN check: it would cost a host-device sync per step, and a NaN loss should show.
         self.train_loss = MeanMetric(nan_strategy="disable")
         if pretrained is not None:
-            from lit_bioplaus.zoo import load_state_dict
+            self.load_zoo_weights(pretrained)
 
-            self.load_state_dict(load_state_dict(pretrained))
+    def load_zoo_weights(self, name: str) -> None:
+        """Load the verified weights of zoo entry ``name`` into this module."""
+        from lit_bioplaus.zoo import load_state_dict
+
+        self.load_state_dict(load_state_dict(name))
 
     def check_num_tasks(self, num_tasks: int) -> None:
         """Refuse multi-task data: an unguided rule has no instruction to pick the task."""

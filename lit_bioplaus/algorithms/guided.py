@@ -62,10 +62,18 @@ class GuidedLearning(BioplausModule):
             ``T -> E -> width of h_L`` (50 for Multi-MNIST, 200 for CelebA).
         train_all_tasks: train every image under every task (the loss is the mean over
             tasks; ``T`` times the work) instead of the batch's drawn task.
+        pretrained: zoo entry whose weights are loaded once the module is built.
         **kwargs: see the rule and ``BioplausModule``.
     """
 
-    def __init__(self, num_tasks: int = 2, instruction_width: int = 50, train_all_tasks: bool = False, **kwargs: Any):
+    def __init__(
+        self,
+        num_tasks: int = 2,
+        instruction_width: int = 50,
+        train_all_tasks: bool = False,
+        pretrained: str | None = None,
+        **kwargs: Any,
+    ) -> None:
         super().__init__(num_tasks=num_tasks, **kwargs)
         head = self.network.head
         if not isinstance(head, TwoStreamLinear):
@@ -87,6 +95,8 @@ class GuidedLearning(BioplausModule):
             MulticlassAccuracy(self.num_classes, average="micro", validate_args=False) for _ in range(num_tasks)
         )
         self.val_task_metrics, self.test_task_metrics = task_metric(), task_metric()
+        if pretrained is not None:  # once the instruction head exists
+            self.load_zoo_weights(pretrained)
 
     def check_num_tasks(self, num_tasks: int) -> None:
         if num_tasks < 1:
