@@ -11,13 +11,36 @@ import itertools
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
+import torch
 import yaml
-from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.callbacks import BasePredictionWriter, ModelCheckpoint
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
+from lightning.pytorch.utilities import rank_zero_info
 
 from lit_bioplaus.algorithms import BioplausModule
 from lit_bioplaus.data import VisionDataModule
+from lit_bioplaus.io import atomic_save_file
+
+
+class PredictionWriter(BasePredictionWriter):
+    """Writes what ``predict`` returns to ``predictions.safetensors`` in the run folder
+    (``trainer.log_dir``, else ``default_root_dir``; ``predictions_rank{r}`` per DDP
+    process), atomically: the tensor ``predictions`` in the predict loader's order, e.g.
+    ``(N, C)`` class probabilities, or ``(N, T, C)`` under every task of a guided model."""
+
+    def __init__(self) -> None:
+        super().__init__(write_interval="epoch")
+        self.path: Path | None = None
+
+    def write_on_epoch_end(self, trainer: Any, pl_module: Any, predictions: Any, batch_indices: Any) -> None:
+        batches = predictions[0] if predictions and isinstance(predictions[0], list) else predictions
+        suffix = f"_rank{trainer.global_rank}" if trainer.world_size > 1 else ""
+        folder = Path(trainer.log_dir or trainer.default_root_dir)
+        tensors = {"predictions": torch.cat([batch.detach().cpu() for batch in batches]).contiguous()}
+        self.path = atomic_save_file(tensors, folder / f"predictions{suffix}.safetensors")
+        rank_zero_info(f"predictions {tuple(tensors['predictions'].shape)} written to {self.path}")
 
 
 class BioplausCLI(LightningCLI):
@@ -38,6 +61,11 @@ class BioplausCLI(LightningCLI):
             default=True,
             help="fit only: evaluate the test split after training and print the metrics table",
         )
+
+    def before_predict(self) -> None:
+        """``predict`` keeps its output: a ``PredictionWriter`` saves it in the run folder."""
+        if not any(isinstance(callback, PredictionWriter) for callback in self.trainer.callbacks):
+            self.trainer.callbacks.append(PredictionWriter())
 
     def after_fit(self) -> None:
         if not self.config_init[self.subcommand].get("test_after_fit", True):

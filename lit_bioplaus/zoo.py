@@ -26,10 +26,11 @@ from pathlib import Path
 from typing import Any
 
 from jsonargparse import ArgumentParser
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 from torch import Tensor
 
 from lit_bioplaus.algorithms import BioplausModule
+from lit_bioplaus.io import atomic_save_file, atomic_write_text
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 
@@ -166,7 +167,7 @@ def publish(
     directory.mkdir(parents=True, exist_ok=True)
     path = directory / f"{name}.safetensors"
     state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
-    save_file(state, path, metadata={"name": name, "recipe": recipe})
+    atomic_save_file(state, path, metadata={"name": name, "recipe": recipe})
     layers = model.network.weighted_layers()
     entry = Weights(
         name=name,
@@ -185,7 +186,7 @@ def publish(
     )
     manifest = _read_manifest()
     manifest[name] = {k: v for k, v in asdict(entry).items() if k != "name"}
-    _manifest_path().write_text(json.dumps(dict(sorted(manifest.items())), indent=2) + "\n")
+    atomic_write_text(_manifest_path(), json.dumps(dict(sorted(manifest.items())), indent=2) + "\n")
     return entry
 
 

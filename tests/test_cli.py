@@ -100,3 +100,31 @@ def logged_values(record: bytes, key: str) -> list[float]:
     the key, then the value as a JSON string)."""
     pattern = re.escape(key.encode()) + rb"\x82\x01.([-+0-9.eE]+)"
     return [float(match) for match in re.findall(pattern, record, flags=re.DOTALL)]
+
+
+@pytest.mark.parametrize(("task", "shape"), [([], (359, 2, 10)), (["--model.init_args.predict_task", "1"], (359, 10))])
+def test_predict_writes_the_predictions_to_the_run_folder(tmp_path, task, shape):
+    """Guided predict answers every task, or the chosen one; nothing is thrown away."""
+    from safetensors.torch import load_file
+
+    config = str(ROOT / "configs" / "quickstart_guided.yaml")
+    cli = main(["predict", "--config", config, "--trainer.logger", "false", "--trainer.enable_progress_bar", "false",
+                "--trainer.default_root_dir", str(tmp_path), *task])  # fmt: skip
+    predictions = load_file(tmp_path / "predictions.safetensors")["predictions"]
+    assert predictions.shape == shape
+    torch.testing.assert_close(predictions.sum(-1), torch.ones(shape[:-1]))
+    assert cli.trainer.state.finished
+
+
+def test_atomic_writes_leave_the_old_file_when_writing_fails(tmp_path):
+    from lit_bioplaus.io import atomic_write, atomic_write_text
+
+    path = atomic_write_text(tmp_path / "manifest.json", "good")
+
+    def fail(temporary):
+        temporary.write_text("half")
+        raise OSError("disk full")
+
+    with pytest.raises(OSError, match="disk full"):
+        atomic_write(path, fail)
+    assert path.read_text() == "good" and [p.name for p in tmp_path.iterdir()] == ["manifest.json"]
