@@ -62,6 +62,7 @@ class GuidedLearning(BioplausModule):
             ``T -> E -> width of h_L`` (50 for Multi-MNIST, 200 for CelebA).
         train_all_tasks: train every image under every task (the loss is the mean over
             tasks; ``T`` times the work) instead of the batch's drawn task.
+        predict_task: the instruction ``predict`` answers (None: every task).
         pretrained: zoo entry whose weights are loaded once the module is built.
         **kwargs: see the rule and ``BioplausModule``.
     """
@@ -71,10 +72,14 @@ class GuidedLearning(BioplausModule):
         num_tasks: int = 2,
         instruction_width: int = 50,
         train_all_tasks: bool = False,
+        predict_task: int | None = None,
         pretrained: str | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(num_tasks=num_tasks, **kwargs)
+        if predict_task is not None and not 0 <= predict_task < num_tasks:
+            raise ValueError(f"predict_task must be in [0, {num_tasks}), got {predict_task}")
+        self.predict_task = predict_task
         head = self.network.head
         if not isinstance(head, TwoStreamLinear):
             raise ValueError(f"guided learning needs a linear prediction head, got {head!r}")
@@ -215,8 +220,8 @@ class GuidedLearning(BioplausModule):
         return compact(self)
 
     def predict_step(self, batch: tuple[Tensor, ...], batch_idx: int) -> Tensor:
-        """Class probabilities under every task: ``(N, T, C)``."""
-        return self(batch[0]).softmax(dim=-1)
+        """Class probabilities under ``predict_task`` ``(N, C)``, or every task ``(N, T, C)``."""
+        return self(batch[0], self.predict_task).softmax(dim=-1)
 
 
 def _uniform(shape: tuple[int, ...], fan_in: int) -> Tensor:
