@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from typing import Literal
 
+import torch
 from torch import Tensor, nn
 
 from lit_bioplaus.nn.layers import TwoStreamLayer
@@ -71,6 +72,8 @@ class TwoStreamActivation(TwoStreamLayer):
         return x > 0 if self.name in _POSITIVE_WHERE_INPUT_POSITIVE else self.activation(x) > 0
 
     def gated_down(self, x: Tensor, delta: Tensor) -> Tensor:
+        if self.name in _POSITIVE_WHERE_INPUT_POSITIVE and x.dtype == delta.dtype:
+            return torch.ops.aten.threshold_backward(delta, x, 0)  # delta * [x > 0], one fused kernel
         return delta * self.active(x)
 
     def __repr__(self) -> str:
