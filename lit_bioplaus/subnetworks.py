@@ -223,6 +223,7 @@ def compact(model: GuidedLearning) -> GuidedLearning:
     smaller = copy.deepcopy(model)
     modules = list(smaller.network)
     inputs: Tensor | None = None  # kept input channels / units of the next map
+    head_inputs: Tensor | None = None
     for index, module in enumerate(modules):
         if isinstance(module, TwoStreamFlatten):
             if inputs is not None:
@@ -236,9 +237,9 @@ def compact(model: GuidedLearning) -> GuidedLearning:
             continue
         outputs = kept.get(index)
         _shrink(module, outputs, inputs)
-        inputs = outputs
-    top = kept[max(kept)]  # the units of h_L, the head's inputs, where pass 1 starts
-    smaller.instruction_hidden = smaller.instruction_hidden[:, top].clone()
+        head_inputs, inputs = inputs, outputs
+    if head_inputs is not None:  # the units of h_L (flattened), where pass 1 starts
+        smaller.instruction_hidden = smaller.instruction_hidden[:, head_inputs]
     return smaller
 
 
@@ -258,11 +259,10 @@ def _shrink(layer: TwoStreamLinear | TwoStreamConv2d, outputs: Tensor | None, in
             value = value if outputs is None else value[outputs]
         else:
             value = value if inputs is None else value[inputs]
-        replacement = torch.nn.Parameter(value.clone(), requires_grad=tensor.requires_grad)
         if isinstance(tensor, torch.nn.Parameter):
-            setattr(layer, name, replacement)
+            setattr(layer, name, torch.nn.Parameter(value, requires_grad=tensor.requires_grad))
         else:
-            setattr(layer, name, value.clone())
+            setattr(layer, name, value)
     out_size = layer.weight.shape[0]
     in_size = out_size if depthwise else layer.weight.shape[1]
     if isinstance(layer, TwoStreamLinear):

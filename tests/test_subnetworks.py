@@ -86,3 +86,20 @@ def test_subnetwork_monitor_logs_scalars_and_a_heat_map(tmp_path):
     assert (tmp_path / "lightning_logs" / "version_0" / "mask_cosine" / "epoch_1.png").is_file()
     with pytest.raises(ValueError, match="every_n_epochs"):
         SubnetworkMonitor(0)
+
+
+def test_compaction_of_a_network_whose_top_gate_is_a_conv():
+    """The instruction head reads the flattened conv units, not its channels."""
+    from lit_bioplaus.nn import ConvNet
+
+    torch.manual_seed(0)
+    network = partial(ConvNet, channels=(4,), kernel_size=3, stride=2, padding=1, hidden=())
+    model = GuidedCounterHebb(network=network, num_tasks=2, input_shape=(1, 8, 8), instruction_width=5).double()
+    with torch.no_grad():  # switch channel 1 off for every task: the instruction head drives it negative
+        columns = model.instruction_hidden.view(5, 4, 16)[:, 1]
+        columns.copy_(-columns.abs())
+    smaller = compact(model.eval())
+    assert smaller.network[0].out_channels == 3 and smaller.instruction_hidden.shape == (5, 48)
+    x = torch.randn(16, 1, 8, 8, dtype=torch.float64)
+    for task in range(2):
+        torch.testing.assert_close(smaller(x, task), model(x, task), rtol=0, atol=1e-12)
