@@ -110,8 +110,9 @@ def test_predict_writes_the_predictions_to_the_run_folder(tmp_path, task, shape)
     config = str(ROOT / "configs" / "quickstart_guided.yaml")
     cli = main(["predict", "--config", config, "--trainer.logger", "false", "--trainer.enable_progress_bar", "false",
                 "--trainer.default_root_dir", str(tmp_path), *task])  # fmt: skip
-    predictions = load_file(tmp_path / "predictions.safetensors")["predictions"]
-    assert predictions.shape == shape
+    written = load_file(tmp_path / "predictions.safetensors")
+    predictions = written["predictions"]
+    assert predictions.shape == shape and written["indices"].tolist() == list(range(shape[0]))
     torch.testing.assert_close(predictions.sum(-1), torch.ones(shape[:-1]))
     assert cli.trainer.state.finished
 
