@@ -201,7 +201,9 @@ def publish_from_checkpoint(name: str, config: str, ckpt: str, extra_args: list[
     model_section = json.loads(model_config)["model"]
     model_section["init_args"].pop("num_classes", None)
     model_section["init_args"].pop("input_shape", None)
-    model_section["init_args"].update(num_classes=cli.model.num_classes, input_shape=list(cli.model.input_shape))
+    model_section["init_args"].update(
+        num_classes=cli.model.num_classes, input_shape=list(cli.model.input_shape), num_tasks=cli.model.num_tasks
+    )
     command = f"lit-bioplaus fit --config {config} && lit-bioplaus test --config {config} --ckpt_path CKPT"
     return publish(
         name,
