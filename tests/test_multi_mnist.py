@@ -100,8 +100,13 @@ def test_tasks_are_drawn_per_sample_per_epoch_from_the_seed():
     other = MultiMNIST(source="digits", seed=3)
     other.setup("fit")
     assert torch.equal(other.tasks(rows, 1), epoch1)
+    data.trainer = type("TrainerStub", (), {"training": True, "current_epoch": 1})()
     *_, tasks = data.on_before_batch_transfer(data.train_set.__getitems__([4, 2, 9]), 0)
-    assert tasks.tolist() == epoch0[[4, 2, 9]].tolist()
+    assert tasks.tolist() == epoch1[[4, 2, 9]].tolist()
+    data.trainer.training = False  # evaluation batches: task 0, unused
+    assert data.on_before_batch_transfer(data.train_set.__getitems__([4, 2]), 0)[2].tolist() == [0, 0]
+    image, labels, row = data.train_set[7]
+    assert image.shape == (1, 28, 28) and labels.shape == (2,) and int(row) == 7
 
 
 def test_missing_mnist_files_give_the_usual_clear_error(tmp_path):

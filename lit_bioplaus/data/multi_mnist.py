@@ -11,7 +11,7 @@ unseeded).
 
 from __future__ import annotations
 
-from typing import Any, ClassVar, Literal
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
@@ -78,6 +78,11 @@ class MultiTaskImageDataset(InMemoryImageDataset):
         images, labels = super().__getitems__(indices)
         return images, labels, self.indices[torch.as_tensor(indices, dtype=torch.long)]
 
+    def __getitem__(self, index: int) -> tuple[Tensor, Tensor, Tensor]:  # type: ignore[override]
+        """One sample: image ``(C, H, W)``, labels ``(T,)``, its position ``()``."""
+        images, labels, rows = self.__getitems__([index])
+        return images[0], labels[0], rows[0]
+
 
 class MultiMNIST(VisionDataModule):
     """Multi-MNIST (or Multi-Fashion-MNIST, Multi-Digits) for guided learning: 28x28 images
@@ -89,10 +94,10 @@ class MultiMNIST(VisionDataModule):
     10,000 / 10,000; Multi-Digits: 1,438 / none / 359).
 
     Training batches are ``(x, labels, task)``: each sample's task is drawn uniformly every
-    epoch, from a generator seeded by ``(seed, epoch)`` over the split's positions, so it
-    does not depend on the sampler, the number of DDP processes or a resume.
-    Evaluation batches carry the same field (unused: every image is evaluated under every
-    task).
+    epoch, from a generator seeded by ``(seed, epoch)`` over the training split's positions,
+    so it does not depend on the sampler, the number of DDP processes or a resume.
+    Evaluation batches carry task 0 in that field (unused: every image is evaluated under
+    every task).
 
     Args:
         source: ``"mnist"``, ``"fashion_mnist"`` (the IDX files, found as by those
@@ -109,7 +114,6 @@ class MultiMNIST(VisionDataModule):
     input_shape = (1, 28, 28)
     mean = STATISTICS["mnist"][:1]
     std = STATISTICS["mnist"][1:]
-    task_names: ClassVar[tuple[str, ...]] = ("left", "right")
 
     def __init__(self, source: Source = "mnist", train_size: int = 50_000, generator_seed: int = 0, **kwargs: Any):
         if source not in SOURCES:
@@ -159,16 +163,22 @@ class MultiMNIST(VisionDataModule):
         return [] if self.val_set is None else super().val_dataloader()
 
     def tasks(self, rows: Tensor, epoch: int) -> Tensor:
-        """``(B,)`` tasks of the samples at ``rows`` (positions in the split) for ``epoch``:
-        one uniform draw per position from a generator seeded by ``(seed, epoch)``."""
+        """``(B,)`` tasks of the training samples at ``rows`` (positions in the training
+        split) for ``epoch``: one uniform draw per position from a generator seeded by
+        ``(seed, epoch)``."""
+        if self.train_set is None:
+            raise RuntimeError(f"{type(self).__name__}.setup() has not loaded the training split yet")
         if self._task_table is None or self._task_table[0] != epoch:
-            size = max(len(dataset.images) for dataset in (self.train_set, self.val_set, self.test_set) if dataset)
             generator = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
-            self._task_table = (epoch, torch.randint(self.num_tasks, (size,), generator=generator))
+            table = torch.randint(self.num_tasks, (len(self.train_set.images),), generator=generator)
+            self._task_table = (epoch, table)
         return self._task_table[1][rows.cpu()].to(rows.device)
 
     def on_before_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
-        """Turn each batch's ``rows`` into the samples' tasks of the current epoch."""
+        """Turn each training batch's ``rows`` into the samples' tasks of the current epoch
+        (task 0 in evaluation batches, where it is not used)."""
         images, labels, rows = batch
-        epoch = self.trainer.current_epoch if self.trainer is not None else 0
-        return images, labels, self.tasks(rows, epoch)
+        trainer = self.trainer
+        if trainer is None or not trainer.training:
+            return images, labels, torch.zeros_like(rows)
+        return images, labels, self.tasks(rows, trainer.current_epoch)
