@@ -185,3 +185,25 @@ def test_multi_mnist_net_has_the_papers_size():
     assert sum(p.numel() for p in net.parameters()) == 299_760
     assert net(torch.zeros(2, 1, 28, 28)).shape == (2, 10)
     assert MultiMNISTNet(channels=8, decoder="multi", num_tasks=2)(torch.zeros(2, 1, 28, 28)).shape == (2, 20)
+
+
+def test_guided_learning_refuses_batch_norm_for_now():
+    from lit_bioplaus.nn import TwoStreamBatchNorm, TwoStreamFlatten, TwoStreamLinear, TwoStreamNetwork
+
+    def with_norm(shape, classes):
+        return TwoStreamNetwork(
+            [TwoStreamFlatten((4,)), TwoStreamLinear(4, 3), TwoStreamBatchNorm(3, "up", spatial=False),
+             TwoStreamActivation("relu"), TwoStreamLinear(3, classes)]
+        )  # fmt: skip
+
+    with pytest.raises(ValueError, match="batch-norm"):
+        GuidedBackProp(network=with_norm, num_tasks=2, num_classes=2, input_shape=(4,))
+
+
+def test_pass_one_is_relu_and_ignores_mixed_precision():
+    model = make(GuidedCounterHebb, "mlp_single", "shared")
+    reference = model.task_gates()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        mixed = model.task_gates()
+    for index, mask in reference.items():
+        assert mixed[index].dtype == torch.float32 and torch.equal(mixed[index], mask)

@@ -39,7 +39,7 @@ from torchmetrics.classification import MulticlassAccuracy
 from lit_bioplaus.algorithms.backprop import BackProp
 from lit_bioplaus.algorithms.base import BioplausModule, classification_loss
 from lit_bioplaus.algorithms.counter_hebb import CounterHebb, Gates
-from lit_bioplaus.nn import TwoStreamActivation, TwoStreamLinear
+from lit_bioplaus.nn import TwoStreamActivation, TwoStreamBatchNorm, TwoStreamLinear
 
 
 class TaskTarget(NamedTuple):
@@ -93,6 +93,9 @@ class GuidedLearning(BioplausModule):
         self.gate_points = [i for i, module in enumerate(modules[:-1]) if isinstance(module, TwoStreamActivation)]
         if not self.gate_points:
             raise ValueError("guided learning needs activations to gate: the network has none below its head")
+        norms = [module for module in modules if isinstance(module, TwoStreamBatchNorm)]
+        if norms:  # pass 1 would run a TD norm in train mode on T rows (ALGORITHMS.md 4.1.1)
+            raise ValueError(f"guided learning does not support batch-norm yet, got {norms[0]!r}")
         self.train_all_tasks = train_all_tasks
         self.register_buffer("instruction_task", _uniform((num_tasks, instruction_width), instruction_width))
         self.register_buffer("instruction_hidden", _uniform((instruction_width, head.in_features), head.in_features))
@@ -111,17 +114,19 @@ class GuidedLearning(BioplausModule):
     @torch.no_grad()
     def instruction_pass(self, instructions: Tensor) -> Gates:
         """Pass 1 of ``(R, T)`` instruction vectors: per gate point (module index of an
-        activation), the ``(R, *shape)`` 0/1 masks ``[hb_l > 0]``."""
-        hidden = F.relu(instructions.to(self.instruction_task.dtype) @ self.instruction_task)
-        hb = F.relu(hidden @ self.instruction_hidden)
-        modules, gates = list(self.network), {}
-        for index in range(len(modules) - 2, self.gate_points[0] - 1, -1):
-            module = modules[index]
-            if isinstance(module, TwoStreamActivation):
-                hb = module.down(hb)
-                gates[index] = (hb > 0).to(hb.dtype)
-            else:
-                hb = module.down(hb, use_bias=False)
+        activation), the ``(R, *shape)`` 0/1 masks ``[hb_l > 0]``. ReLU at every gate point
+        (the paper's pass 1, whatever the BU activation), in the weights' precision with
+        autocast off, so the sub-networks do not depend on mixed precision."""
+        weight = self.instruction_task
+        with torch.autocast(weight.device.type, enabled=False):
+            hb = F.relu(F.relu(instructions.to(weight.dtype) @ weight) @ self.instruction_hidden)
+            modules, gates = list(self.network), {}
+            for index in range(len(modules) - 2, self.gate_points[0] - 1, -1):
+                if isinstance(modules[index], TwoStreamActivation):
+                    hb = F.relu(hb)
+                    gates[index] = (hb > 0).to(hb.dtype)
+                else:
+                    hb = modules[index].down(hb, use_bias=False)
         return gates
 
     def task_gates(self) -> Gates:

@@ -44,13 +44,11 @@ class TwoStreamNetwork(TwoStreamLayer):
         modules: the two-stream modules, bottom to top.
     """
 
-    has_weights = True
-
     def __init__(self, modules: Sequence[TwoStreamLayer]) -> None:
         super().__init__()
         for index, module in enumerate(modules):
-            if not isinstance(module, TwoStreamLayer):
-                raise TypeError(f"module {index} is a {type(module).__name__}, not a two-stream module")
+            if not isinstance(module, TwoStreamLayer) or isinstance(module, TwoStreamNetwork):
+                raise TypeError(f"module {index} is a {type(module).__name__}, not a two-stream module (nor a network)")
             self.add_module(str(index), module)
         self._register_load_state_dict_pre_hook(self._rename_legacy_keys)
 
@@ -74,34 +72,6 @@ class TwoStreamNetwork(TwoStreamLayer):
         for module in reversed(list(self)):
             y = module.down(y, use_bias=use_bias)
         return y
-
-    def gated_trace(self, x: Tensor, delta: Tensor) -> tuple[list[Tensor], list[Tensor], Tensor]:
-        """Counter-Hebb's TD pass of the output-side ``delta`` through the sequence, every
-        module gated by its own BU input: ``(inputs, deltas, delta_in)`` with each module's
-        BU input and the TD value at its output, and the TD value at the input."""
-        inputs = []
-        for module in self:
-            inputs.append(x)
-            x = module.up(x)
-        deltas = []
-        for module, h_in in zip(reversed(list(self)), reversed(inputs), strict=True):
-            deltas.append(delta)
-            delta = module.gated_down(h_in, delta)
-        return inputs, deltas[::-1], delta
-
-    def gated_down(self, x: Tensor, delta: Tensor) -> Tensor:
-        return self.gated_trace(x, delta)[2]
-
-    def counter_hebb_energy(self, x: Tensor, delta: Tensor) -> Tensor:
-        """The modules' energies on the TD pass through the sequence (a nested network)."""
-        with torch.no_grad():
-            inputs, deltas, _ = self.gated_trace(x, delta)
-        energies = [m.counter_hebb_energy(h, d) for m, h, d in zip(self, inputs, deltas, strict=True) if m.has_weights]
-        return torch.stack(energies).sum() if energies else delta.new_zeros(())
-
-    @property
-    def supports_gated_down(self) -> bool:  # type: ignore[override]
-        return all(module.supports_gated_down for module in self)
 
     def up_parameters(self) -> list[nn.Parameter]:
         """Parameters of the upward (forward) stream, norms included."""
@@ -432,5 +402,3 @@ class MultiMNISTNet(TwoStreamNetwork):
         outputs = num_classes * (num_tasks if decoder == "multi" else 1)
         modules.append(TwoStreamLinear(hidden, outputs, weight_mode=weight_mode))
         super().__init__(modules)
-        self.decoder: Decoder = decoder
-        self.num_tasks = num_tasks
