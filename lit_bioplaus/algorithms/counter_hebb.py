@@ -71,12 +71,7 @@ class CounterHebb(BioplausModule):
     def build_network(self, network: NetworkFactory) -> TwoStreamNetwork:
         """The network; refused if a module has no Counter-Hebb TD pass (``gated_down``)."""
         built = super().build_network(network)
-        unsupported = [
-            repr(module)
-            for module in built.modules()
-            if isinstance(module, TwoStreamLayer) and not isinstance(module, TwoStreamNetwork)
-            if not module.supports_gated_down
-        ]
+        unsupported = [repr(m) for m in built.modules() if isinstance(m, TwoStreamLayer) and not m.supports_gated_down]
         if unsupported:
             raise ValueError(f"{type(self).__name__} cannot run its top-down pass through: {', '.join(unsupported)}")
         return built

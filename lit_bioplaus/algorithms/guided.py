@@ -160,10 +160,8 @@ class GuidedLearning(BioplausModule):
         """Logits under an instruction: ``(N, C)`` for ``task`` (an int, or ``(N,)`` one per
         sample), or ``(N, T, C)`` for every task when ``task`` is None."""
         if task is None:
-            n = x.shape[0]
-            tasks = torch.arange(self.num_tasks, device=x.device).repeat_interleave(n)
-            logits = self(x.repeat(self.num_tasks, *[1] * (x.dim() - 1)), tasks)
-            return logits.view(self.num_tasks, n, self.num_classes).transpose(0, 1)
+            logits = self(*self.every_task(x))
+            return logits.view(self.num_tasks, x.shape[0], self.num_classes).transpose(0, 1)
         if isinstance(task, int):
             if not 0 <= task < self.num_tasks:
                 raise ValueError(f"task must be in [0, {self.num_tasks}), got {task}")
@@ -184,11 +182,16 @@ class GuidedLearning(BioplausModule):
             return self.all_tasks(x, labels)
         return x, TaskTarget(labels.gather(1, task[:, None]).squeeze(1), task)
 
+    def every_task(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """Every image under every task: ``(T * N, ...)`` inputs, task-major, and their
+        ``(T * N,)`` tasks."""
+        task = torch.arange(self.num_tasks, device=x.device).repeat_interleave(x.shape[0])
+        return x.repeat(self.num_tasks, *[1] * (x.dim() - 1)), task
+
     def all_tasks(self, x: Tensor, labels: Tensor) -> tuple[Tensor, TaskTarget]:
-        """Every image under every task: ``(T * N, ...)`` inputs, task-major."""
-        n = x.shape[0]
-        task = torch.arange(self.num_tasks, device=x.device).repeat_interleave(n)
-        return x.repeat(self.num_tasks, *[1] * (x.dim() - 1)), TaskTarget(labels.T.reshape(-1), task)
+        """``every_task`` with each row's label under its task."""
+        inputs, task = self.every_task(x)
+        return inputs, TaskTarget(labels.T.reshape(-1), task)
 
     def loss(self, outputs: Tensor, target: TaskTarget) -> Tensor:  # type: ignore[override]
         """Batch-mean loss of each sample's task logits against its label."""
