@@ -8,6 +8,7 @@ from lit_bioplaus.nn import (
     WEIGHT_MODES,
     ConvAutoencoder,
     ConvNet,
+    MultiMNISTNet,
     PooledConvNet,
     TwoStreamActivation,
     TwoStreamBatchNorm,
@@ -77,6 +78,35 @@ def test_asymmetric_mode_is_independent():
     layer = TwoStreamLinear(60, 30, weight_mode="asymmetric")
     assert not torch.allclose(layer.feedback_weight, layer.weight)
     assert layer.feedback_weight.requires_grad
+
+
+@pytest.mark.parametrize("mode", ["asymmetric", "fixed"])
+def test_official_feedback_init_is_kaiming_uniform_on_the_td_layout(mode):
+    """The official code's TD weights: ``U(-sqrt(6 / fan), sqrt(6 / fan))`` with ``fan`` the
+    fan-in of its TD layout, ``(in, out)`` for linear (fan = out), the forward layout for
+    conv (fan = C_in / groups * k * k)."""
+    torch.manual_seed(0)
+    net = MultiMNISTNet(channels=8, weight_mode=mode, feedback_init="official")
+    fans = {0: 1 * 25, 2: 1 * 4, 4: 8 * 25, 6: 1 * 9, 9: 50, 11: 10}  # module -> TD fan-in
+    for index, fan in fans.items():
+        layer = net[index]
+        bound, forward_bound = (6 / fan) ** 0.5, 1 / layer.weight[0].numel() ** 0.5
+        values = layer.feedback_weight.detach().flatten()
+        assert values.abs().max() <= bound
+        assert values.abs().max() > 0.8 * bound  # the full range is used
+        torch.testing.assert_close(values.std(), torch.tensor(bound / 3**0.5), rtol=0.25, atol=0)
+        assert layer.weight.abs().max() <= forward_bound  # the BU weights keep PyTorch's init
+    assert net[9].feedback_weight.abs().max() > 2.5 * net[9].weight.abs().max()  # sqrt(6 / 50) vs 1 / sqrt(72)
+    default = MultiMNISTNet(channels=8, weight_mode=mode)
+    assert default[9].feedback_weight.abs().max() <= 1 / 72**0.5
+
+
+@pytest.mark.parametrize("mode", ["shared", "symmetric"])
+def test_official_feedback_init_refuses_tied_feedback(mode):
+    with pytest.raises(ValueError, match="independent feedback weights"):
+        MLP((1, 4, 4), 3, hidden=[5], weight_mode=mode, feedback_init="official")
+    with pytest.raises(ValueError, match="feedback_init must be one of"):
+        ConvNet((1, 8, 8), 3, weight_mode="asymmetric", feedback_init="kaiming")
 
 
 @pytest.mark.parametrize(

@@ -16,14 +16,23 @@ from lit_bioplaus.subnetworks import SubnetworkMonitor, compact, compaction_repo
 CHANNELS, HIDDEN = 6, 10
 
 
+def dyadic(shape: tuple[int, ...]) -> torch.Tensor:
+    """Multiples of 1/8 in [-1/2, 1/2], float64: sums and products of a few layers of them
+    are exact in any order, so outputs can be compared bitwise."""
+    return torch.randint(-4, 5, shape).double() / 8
+
+
 def make_model(dead_channel: int | None = 2) -> GuidedCounterHebb:
-    """A small guided model; with ``dead_channel``, the fc's weights from that channel of the
-    top conv stage are made negative, so pass 1 (shared weights, ReLU) switches the
-    channel off for every task: a whole channel to remove."""
+    """A small guided model in exact (dyadic) arithmetic; with ``dead_channel``, the fc's
+    weights from that channel of the top conv stage are made negative, so pass 1 (shared
+    weights, ReLU) switches the channel off for every task: a whole channel to remove."""
     torch.manual_seed(0)
     model = GuidedCounterHebb(
         network=partial(MultiMNISTNet, channels=CHANNELS, hidden=HIDDEN), num_tasks=2, input_shape=(1, 28, 28)
     ).double()
+    with torch.no_grad():
+        for tensor in [*model.parameters(), model.instruction_task, model.instruction_hidden]:
+            tensor.copy_(dyadic(tensor.shape))
     if dead_channel is not None:
         fc = model.network[9]
         with torch.no_grad():
@@ -64,11 +73,12 @@ def test_compacted_network_gives_the_same_outputs_for_every_task():
     assert fc.in_features == (CHANNELS - 1) * 9
     removed = compaction_report(model).removable_parameters
     assert sum(p.numel() for p in model.parameters()) - sum(p.numel() for p in smaller.parameters()) == removed
-    x = torch.randn(64, 1, 28, 28, dtype=torch.float64)
+    x = dyadic((64, 1, 28, 28))
     for task in range(2):
-        # exactly-zero terms drop out of the sums, but BLAS may add the rest in another
-        # order: equal to the last bits, not always bitwise
-        torch.testing.assert_close(smaller(x, task), model(x, task), rtol=0, atol=1e-12)
+        # the removed units output exactly 0; in exact arithmetic the summation order of
+        # the smaller maps cannot matter, so any wrongly kept or dropped unit shows
+        output = model(x, task)
+        assert output.abs().max() > 1 and torch.equal(smaller(x, task), output)
 
 
 def test_subnetwork_monitor_logs_scalars_and_a_heat_map(tmp_path):
@@ -95,11 +105,14 @@ def test_compaction_of_a_network_whose_top_gate_is_a_conv():
     torch.manual_seed(0)
     network = partial(ConvNet, channels=(4,), kernel_size=3, stride=2, padding=1, hidden=())
     model = GuidedCounterHebb(network=network, num_tasks=2, input_shape=(1, 8, 8), instruction_width=5).double()
+    with torch.no_grad():
+        for tensor in [*model.parameters(), model.instruction_task, model.instruction_hidden]:
+            tensor.copy_(dyadic(tensor.shape))
     with torch.no_grad():  # switch channel 1 off for every task: the instruction head drives it negative
         columns = model.instruction_hidden.view(5, 4, 16)[:, 1]
         columns.copy_(-columns.abs())
     smaller = compact(model.eval())
     assert smaller.network[0].out_channels == 3 and smaller.instruction_hidden.shape == (5, 48)
-    x = torch.randn(16, 1, 8, 8, dtype=torch.float64)
+    x = dyadic((16, 1, 8, 8))
     for task in range(2):
-        torch.testing.assert_close(smaller(x, task), model(x, task), rtol=0, atol=1e-12)
+        assert torch.equal(smaller(x, task), model(x, task))

@@ -1,7 +1,9 @@
 """Two-stream layers and the architectures built from them."""
 
 from lit_bioplaus.nn.layers import (
+    FEEDBACK_INITS,
     WEIGHT_MODES,
+    FeedbackInit,
     TwoStreamConv2d,
     TwoStreamFlatten,
     TwoStreamLayer,
@@ -16,11 +18,13 @@ from lit_bioplaus.nn.networks import MLP, ConvAutoencoder, ConvNet, MultiMNISTNe
 from lit_bioplaus.nn.pointwise import Activation, TwoStreamActivation, TwoStreamBatchNorm, make_activation
 
 __all__ = [
+    "FEEDBACK_INITS",
     "MLP",
     "WEIGHT_MODES",
     "Activation",
     "ConvAutoencoder",
     "ConvNet",
+    "FeedbackInit",
     "MultiMNISTNet",
     "PooledConvNet",
     "TwoStreamActivation",

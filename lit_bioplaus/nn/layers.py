@@ -31,6 +31,13 @@ from torch import Tensor, nn
 WeightMode = Literal["shared", "symmetric", "asymmetric", "fixed"]
 WEIGHT_MODES: tuple[str, ...] = get_args(WeightMode)
 
+FeedbackInit = Literal["forward", "official"]
+"""Initialisation of independent feedback weights (``asymmetric``, ``fixed``):
+``forward``, the forward weights' distribution (PyTorch's layer init); ``official``, the
+Counter-Hebb code's ``kaiming_uniform_(a=0)`` on its TD weight layout, ``sqrt(6)`` to
+~10x larger (see ``WeightedTwoStreamLayer.reset_feedback_official``)."""
+FEEDBACK_INITS: tuple[str, ...] = get_args(FeedbackInit)
+
 
 def _kaiming_uniform_(weight: Tensor) -> Tensor:
     """PyTorch's default ``nn.Linear`` / ``nn.Conv2d`` weight initialisation."""
@@ -148,6 +155,26 @@ class WeightedTwoStreamLayer(TwoStreamLayer):
             with torch.no_grad():
                 nn.init.kaiming_uniform_(self._feedback_weight, a=math.sqrt(5), mode="fan_out")
 
+    td_fan_mode: Literal["fan_in", "fan_out"] = "fan_in"
+    """Which fan of the feedback weight (forward layout) is the fan-in of the official
+    Counter-Hebb code's TD weight layout."""
+
+    def reset_feedback_official(self) -> None:
+        """Re-initialise the independent feedback weight as the official Counter-Hebb code
+        does: ``U(-b, b)``, ``b = sqrt(6 / fan)``, ``fan`` the fan-in of its TD layout (the
+        output width of a linear layer, ``C_in / groups * kH * kW`` of a conv).
+
+        Raises:
+            ValueError: the feedback weight is not independent (``shared`` / ``symmetric``).
+        """
+        if self.weight_mode not in ("asymmetric", "fixed"):
+            raise ValueError(
+                f"feedback_init='official' initialises independent feedback weights (weight_mode "
+                f"'asymmetric' or 'fixed'), not weight_mode={self.weight_mode!r}"
+            )
+        with torch.no_grad():
+            nn.init.kaiming_uniform_(self._feedback_weight, a=0.0, mode=self.td_fan_mode)
+
     def up_parameters(self) -> list[nn.Parameter]:
         return [self.weight] if self.bias is None else [self.weight, self.bias]
 
@@ -223,6 +250,8 @@ class TwoStreamLinear(WeightedTwoStreamLayer):
     ``down``: ``(N, out) -> (N, in)``,  ``x_bar = y_bar Wb + b_bar`` where ``Wb`` is
     the feedback weight in the forward layout, so ``Wb = W`` is exact symmetry.
     """
+
+    td_fan_mode = "fan_out"  # the official TD layout is (in, out): its fan-in is ``out``
 
     def __init__(
         self,

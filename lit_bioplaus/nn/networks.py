@@ -11,6 +11,8 @@ import torch
 from torch import Tensor, nn
 
 from lit_bioplaus.nn.layers import (
+    FEEDBACK_INITS,
+    FeedbackInit,
     TwoStreamConv2d,
     TwoStreamFlatten,
     TwoStreamLayer,
@@ -101,6 +103,17 @@ class TwoStreamNetwork(TwoStreamLayer):
         for layer in self.weighted_layers():
             layer.reset_feedback_parameters()
 
+    def init_feedback(self, scheme: FeedbackInit) -> None:
+        """Initialise the independent feedback weights by ``scheme`` (see ``FeedbackInit``):
+        ``forward`` keeps the layers' own initialisation, ``official`` applies
+        ``reset_feedback_official`` to every weighted layer (raising unless all are
+        ``asymmetric`` or ``fixed``)."""
+        if scheme not in FEEDBACK_INITS:
+            raise ValueError(f"feedback_init must be one of {FEEDBACK_INITS}, got {scheme!r}")
+        if scheme == "official":
+            for layer in self.weighted_layers():
+                layer.reset_feedback_official()
+
     def legacy_key_map(self) -> dict[str, str]:
         """Prefix renames from the layout before activations and norms were modules of
         the sequence (``layers.{i}``, ``up_norms.{i}``, ``down_norms.{i}``, indexed by the
@@ -146,6 +159,8 @@ class MLP(TwoStreamNetwork):
         activation: hidden activation.
         bias: whether layers have biases.
         weight_mode: feedback weight mode of every layer (see ``lit_bioplaus.nn.layers``).
+        feedback_init: initialisation of independent feedback weights (``FeedbackInit``;
+            ``official`` needs ``asymmetric`` or ``fixed``).
     """
 
     def __init__(
@@ -156,6 +171,7 @@ class MLP(TwoStreamNetwork):
         activation: Activation = "relu",
         bias: bool = True,
         weight_mode: WeightMode = "shared",
+        feedback_init: FeedbackInit = "forward",
     ) -> None:
         widths = [math.prod(input_shape), *hidden]
         modules: list[TwoStreamLayer] = [TwoStreamFlatten(tuple(input_shape))]
@@ -163,6 +179,7 @@ class MLP(TwoStreamNetwork):
             modules += stage(TwoStreamLinear(w_in, w_out, bias=bias, weight_mode=weight_mode), activation)
         modules.append(TwoStreamLinear(widths[-1], num_classes, bias=bias, weight_mode=weight_mode))
         super().__init__(modules)
+        self.init_feedback(feedback_init)
 
 
 class ConvNet(TwoStreamNetwork):
@@ -178,7 +195,7 @@ class ConvNet(TwoStreamNetwork):
         channels: output channels of each convolution.
         kernel_size, stride, padding: geometry shared by every convolution.
         hidden: widths of fully connected hidden layers after the convolutions.
-        activation, bias, weight_mode: as for ``MLP``.
+        activation, bias, weight_mode, feedback_init: as for ``MLP``.
     """
 
     def __init__(
@@ -193,6 +210,7 @@ class ConvNet(TwoStreamNetwork):
         activation: Activation = "relu",
         bias: bool = True,
         weight_mode: WeightMode = "shared",
+        feedback_init: FeedbackInit = "forward",
     ) -> None:
         if len(input_shape) != 3:
             raise ValueError(f"ConvNet needs input_shape (C, H, W), got {tuple(input_shape)}")
@@ -210,6 +228,7 @@ class ConvNet(TwoStreamNetwork):
             modules += stage(TwoStreamLinear(w_in, w_out, bias=bias, weight_mode=weight_mode), activation)
         modules.append(TwoStreamLinear(widths[-1], num_classes, bias=bias, weight_mode=weight_mode))
         super().__init__(modules)
+        self.init_feedback(feedback_init)
 
 
 class PooledConvNet(TwoStreamNetwork):
@@ -370,7 +389,8 @@ class MultiMNISTNet(TwoStreamNetwork):
         hidden: width of the fully connected layer (50).
         decoder: ``"single"`` or ``"multi"``.
         num_tasks: tasks (the multi decoder's slots).
-        activation, weight_mode: as for ``MLP``.
+        activation, weight_mode, feedback_init: as for ``MLP`` (``feedback_init="official"``
+            with ``asymmetric`` reproduces the paper's CH asym runs).
     """
 
     def __init__(
@@ -383,6 +403,7 @@ class MultiMNISTNet(TwoStreamNetwork):
         num_tasks: int = 2,
         activation: Activation = "relu",
         weight_mode: WeightMode = "shared",
+        feedback_init: FeedbackInit = "forward",
     ) -> None:
         if decoder not in ("single", "multi"):
             raise ValueError(f"decoder must be 'single' or 'multi', got {decoder!r}")
@@ -402,3 +423,4 @@ class MultiMNISTNet(TwoStreamNetwork):
         outputs = num_classes * (num_tasks if decoder == "multi" else 1)
         modules.append(TwoStreamLinear(hidden, outputs, weight_mode=weight_mode))
         super().__init__(modules)
+        self.init_feedback(feedback_init)
