@@ -3,22 +3,43 @@
 Shapes are never repeated in configs: ``data.num_classes`` and ``data.input_shape``
 are linked into the model when both are instantiated. ``--zoo NAME`` starts any
 subcommand from a model-zoo entry: its recipe config plus its verified weights.
+``--trainer.gradient_clip_val`` becomes the module's own clip (the rules step their
+optimizers themselves); ``--trainer.accumulate_grad_batches`` is refused in one line.
 """
 
 from __future__ import annotations
 
+import argparse
 import itertools
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import yaml
+from jsonargparse import ActionConfigFile, Namespace
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
 from lit_bioplaus.algorithms import BioplausModule
 from lit_bioplaus.data import VisionDataModule
 from lit_bioplaus.prediction import PredictionWriter
+from lit_bioplaus.registry import get_weights
+
+
+class ZooAction(argparse.Action):
+    """``--zoo NAME``: the recipe config of zoo entry ``NAME``, applied where it stands
+    as ``--config`` would be (later arguments override it), and its verified weights
+    (``model.init_args.pretrained``)."""
+
+    def __call__(self, parser: Any, cfg: Namespace, values: Any, option_string: str | None = None) -> None:
+        try:
+            weights = get_weights(values)
+        except ValueError as err:
+            parser.error(str(err))
+        ActionConfigFile.apply_config(parser, cfg, "config", str(weights.recipe_path))
+        cfg["model.init_args.pretrained"] = values
+        cfg[self.dest] = values
 
 
 class BioplausCLI(LightningCLI):
@@ -34,11 +55,29 @@ class BioplausCLI(LightningCLI):
         parser.link_arguments("data.input_shape", "model.init_args.input_shape", apply_on="instantiate")
         parser.link_arguments("data.num_tasks", "model.init_args.num_tasks", apply_on="instantiate")
         parser.add_argument(
+            "--zoo",
+            action=ZooAction,
+            metavar="NAME",
+            help="start from model-zoo entry NAME: its recipe config (as --config, so put it first) and its "
+            "verified weights; see `python -m lit_bioplaus.zoo`",
+        )
+        parser.add_argument(
             "--test_after_fit",
             type=bool,
             default=True,
             help="fit only: evaluate the test split after training and print the metrics table",
         )
+
+    def before_instantiate_classes(self) -> None:
+        """Trainer flags that assume automatic optimization: the clip becomes the
+        module's, gradient accumulation is refused (one line each, before training)."""
+        config = self.config[self.subcommand] if self.subcommand else self.config
+        move_gradient_clip(config)
+        if (config.trainer.get("accumulate_grad_batches") or 1) != 1:
+            raise SystemExit(
+                "error: --trainer.accumulate_grad_batches is not supported: lit-bioplaus rules step their "
+                "optimizers themselves (manual optimization); use a larger --data.batch_size instead"
+            )
 
     def before_predict(self) -> None:
         """``predict`` keeps its output: a ``PredictionWriter`` saves it in the run folder."""
@@ -57,28 +96,28 @@ class BioplausCLI(LightningCLI):
         self.trainer.test(self.model, datamodule=self.datamodule, ckpt_path="best" if use_best else None)
 
 
-def expand_zoo_argument(args: Sequence[str]) -> list[str]:
-    """Rewrite ``[SUBCOMMAND] --zoo NAME ...`` into
-    ``[SUBCOMMAND] --config RECIPE ... --model.init_args.pretrained NAME``.
+def move_gradient_clip(config: Namespace) -> None:
+    """``trainer.gradient_clip_val`` (norm) becomes ``model.init_args.gradient_clip_val``:
+    Lightning clips only under automatic optimization, the rules clip their updates.
 
-    The recipe config comes first so that any later argument still overrides it.
+    Raises:
+        SystemExit: the two disagree, or the trainer asks to clip by value.
     """
-    args = list(args)
-    if "--zoo" not in args:
-        return args
-    at = args.index("--zoo")
-    if at + 1 >= len(args):
-        raise SystemExit("error: --zoo needs the name of a model-zoo entry (see lit_bioplaus.zoo.list_models())")
-    from lit_bioplaus.zoo import get_weights
-
-    name = args[at + 1]
-    try:
-        recipe = get_weights(name).recipe_path
-    except ValueError as err:
-        raise SystemExit(f"error: {err}") from None
-    rest = args[:at] + args[at + 2 :]
-    split = 1 if rest and not rest[0].startswith("-") else 0
-    return [*rest[:split], "--config", str(recipe), *rest[split:], "--model.init_args.pretrained", name]
+    clip = config.trainer.get("gradient_clip_val")
+    if clip is None:
+        return
+    if config.trainer.get("gradient_clip_algorithm") not in (None, "norm"):
+        raise SystemExit(
+            "error: lit-bioplaus rules clip the update's global norm: drop --trainer.gradient_clip_algorithm"
+        )
+    own = config.model.init_args.get("gradient_clip_val")
+    if own is not None and own != clip:
+        raise SystemExit(
+            f"error: --trainer.gradient_clip_val {clip} and --model.init_args.gradient_clip_val {own} disagree: "
+            "give one (the module's is the one applied)"
+        )
+    config.model.init_args.gradient_clip_val = float(clip)
+    config.trainer.gradient_clip_val = None
 
 
 def check_config_files(args: Sequence[str]) -> None:
@@ -96,9 +135,8 @@ def check_config_files(args: Sequence[str]) -> None:
 
 
 def main(args: Sequence[str] | None = None, run: bool = True) -> BioplausCLI:
-    """Run the CLI on ``args`` (``sys.argv[1:]`` when None); callable from tests."""
-    args = expand_zoo_argument(sys.argv[1:] if args is None else args)
-    check_config_files(args)
+    """Run the CLI on ``args`` (the command line when None); callable from tests."""
+    check_config_files(sys.argv[1:] if args is None else args)
     return BioplausCLI(
         BioplausModule,
         VisionDataModule,
@@ -106,7 +144,7 @@ def main(args: Sequence[str] | None = None, run: bool = True) -> BioplausCLI:
         subclass_mode_data=True,
         auto_configure_optimizers=False,
         save_config_kwargs={"overwrite": True},
-        args=args,
+        args=None if args is None else list(args),
         run=run,
     )
 

@@ -129,3 +129,34 @@ def test_atomic_writes_leave_the_old_file_when_writing_fails(tmp_path):
     with pytest.raises(OSError, match="disk full"):
         atomic_write(path, fail)
     assert path.read_text() == "good" and [p.name for p in tmp_path.iterdir()] == ["manifest.json"]
+
+
+def test_trainer_gradient_clip_becomes_the_modules_clip(tmp_path):
+    """``--trainer.gradient_clip_val`` clips the rule's update: one step equals the step
+    with ``--model.init_args.gradient_clip_val``, and differs from an unclipped one."""
+
+    def first_step(*clip: str) -> dict[str, torch.Tensor]:
+        cli = main(["fit", "--config", QUICKSTART, *FAST, "--trainer.max_steps", "1", "--trainer.limit_val_batches",
+                    "0", "--test_after_fit", "false", "--trainer.default_root_dir", str(tmp_path), *clip])  # fmt: skip
+        assert cli.trainer.gradient_clip_val is None
+        return {k: v.clone() for k, v in cli.model.state_dict().items()}
+
+    by_trainer = first_step("--trainer.gradient_clip_val", "0.01")
+    by_model = first_step("--model.init_args.gradient_clip_val", "0.01")
+    unclipped = first_step()
+    assert all(torch.equal(by_trainer[k], by_model[k]) for k in by_model)
+    assert not all(torch.equal(by_trainer[k], unclipped[k]) for k in unclipped)
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["--trainer.accumulate_grad_batches", "2"], "accumulate_grad_batches is not supported"),
+        (["--trainer.gradient_clip_val", "1", "--model.init_args.gradient_clip_val", "2"], "disagree"),
+        (["--trainer.gradient_clip_val", "1", "--trainer.gradient_clip_algorithm", "value"], "global norm"),
+    ],
+)
+def test_trainer_flags_of_automatic_optimization_fail_in_one_line(flags, message):
+    with pytest.raises(SystemExit, match=message) as exit_info:
+        main(["fit", "--config", QUICKSTART, *FAST, *flags])
+    assert "\n" not in str(exit_info.value)

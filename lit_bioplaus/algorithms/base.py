@@ -16,6 +16,7 @@ from torch import Tensor
 from torchmetrics import MeanMetric, MeanSquaredError
 from torchmetrics.classification import MulticlassAccuracy
 
+from lit_bioplaus import registry
 from lit_bioplaus.nn import MLP, TwoStreamNetwork
 
 NetworkFactory = Callable[[Sequence[int], int], TwoStreamNetwork]
@@ -148,9 +149,7 @@ class BioplausModule(L.LightningModule):
 
     def load_zoo_weights(self, name: str) -> None:
         """Load the verified weights of zoo entry ``name`` into this module."""
-        from lit_bioplaus.zoo import load_state_dict
-
-        self.load_state_dict(load_state_dict(name))
+        self.load_state_dict(registry.load_state_dict(name))
 
     def check_num_tasks(self, num_tasks: int) -> None:
         """Refuse multi-task data: an unguided rule has no instruction to pick the task."""
@@ -209,6 +208,12 @@ class BioplausModule(L.LightningModule):
         """The (Lightning-wrapped) optimizers, in ``configure_optimizers`` order."""
         optimizers = self.optimizers()
         return optimizers if isinstance(optimizers, list) else [optimizers]
+
+    def setup(self, stage: str) -> None:
+        """``fit`` trains in train mode, also a module loaded for inference (e.g. by
+        ``zoo.load_pretrained``, which returns it in eval mode): Lightning would keep it."""
+        if stage == "fit":
+            self.train()
 
     def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
         clip = self.gradient_clip_value(optimizer)

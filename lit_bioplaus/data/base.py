@@ -10,9 +10,10 @@ from typing import Any, ClassVar
 
 import lightning as L
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
+
+from lit_bioplaus.data.transforms import ImagePreprocessing
 
 DEFAULT_DATA_DIR = "./data"
 
@@ -44,8 +45,7 @@ class InMemoryImageDataset(Dataset[tuple[Tensor, Tensor]]):
             raise ValueError(f"mean and std need one value per channel ({images.shape[1]})")
         self.images = images
         self.targets = targets.long()
-        self.mean = torch.tensor(mean, dtype=torch.float32).view(-1, 1, 1)
-        self.std = torch.tensor(std, dtype=torch.float32).view(-1, 1, 1)
+        self.preprocessing = ImagePreprocessing(mean, std)
         self.indices = torch.arange(len(images))
 
     def subset(self, indices: Tensor) -> InMemoryImageDataset:
@@ -61,8 +61,7 @@ class InMemoryImageDataset(Dataset[tuple[Tensor, Tensor]]):
         """The batch at ``indices``: float32 images ``(B, C, H, W)``, normalised as
         ``(x / 255 - mean) / std``, and int64 labels ``(B,)``."""
         rows = self.indices[torch.as_tensor(indices, dtype=torch.long)]
-        images = self.images[rows].float().div_(255).sub_(self.mean).div_(self.std)
-        return images, self.targets[rows]
+        return self.preprocessing.normalize(self.images[rows]), self.targets[rows]
 
     def __getitem__(self, index: int) -> tuple[Tensor, Tensor]:
         """One sample: a float32 image ``(C, H, W)`` and its int64 label ``()``."""
@@ -140,6 +139,8 @@ class VisionDataModule(L.LightningDataModule, ABC):
     name: ClassVar[str]
     """Human-readable name of the data set, used in messages."""
     num_classes: ClassVar[int]
+    classes: ClassVar[tuple[str, ...]]
+    """Class names, index order (torchvision's where it has them)."""
     num_tasks: ClassVar[int] = 1
     """Tasks per image (more than 1 for the guided data sets, whose labels are ``(N, T)``)."""
     input_shape: tuple[int, int, int]
@@ -204,6 +205,11 @@ class VisionDataModule(L.LightningDataModule, ABC):
         self.train_set: InMemoryImageDataset | None = None
         self.val_set: InMemoryImageDataset | None = None
         self.test_set: InMemoryImageDataset | None = None
+
+    def preprocessing(self) -> ImagePreprocessing:
+        """How raw images become this DataModule's batches (``pad``, then ``mean`` /
+        ``std``): what its datasets apply, and what a zoo entry records."""
+        return ImagePreprocessing(self.mean, self.std, self.pad)
 
     @abstractmethod
     def load_split(self, train: bool) -> tuple[Tensor, Tensor]:
@@ -352,9 +358,7 @@ class VisionDataModule(L.LightningDataModule, ABC):
         stored_shape = type(self).input_shape
         if images.shape[1:] != stored_shape:
             raise ValueError(f"{self.name}: expected images of shape (N, *{stored_shape}), got {tuple(images.shape)}")
-        if self.pad:
-            images = F.pad(images, (self.pad,) * 4)
-        return InMemoryImageDataset(images, targets, self.mean, self.std)
+        return InMemoryImageDataset(self.preprocessing().pad_images(images), targets, self.mean, self.std)
 
     def _dataloader(
         self, dataset: InMemoryImageDataset | None, batch_size: int, sampler: Sampler[int] | None = None

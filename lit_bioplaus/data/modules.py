@@ -30,6 +30,7 @@ class Digits(VisionDataModule):
 
     name = "scikit-learn digits"
     num_classes = 10
+    classes = tuple(str(d) for d in range(10))
     input_shape = (1, 8, 8)
     mean = (0.3053,)
     std = (0.3759,)
@@ -56,6 +57,7 @@ class MNIST(VisionDataModule):
 
     name = "MNIST"
     num_classes = 10
+    classes = tuple(str(d) for d in range(10))
     input_shape = (1, 28, 28)
     mean = (0.1307,)
     std = (0.3081,)
@@ -83,6 +85,7 @@ class FashionMNIST(MNIST):
     """
 
     name = "Fashion-MNIST"
+    classes = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot")
     mean = (0.2860,)
     std = (0.3530,)
     subfolders = ("FashionMNIST/raw", ".")
@@ -100,6 +103,7 @@ class CIFAR10(VisionDataModule):
 
     name = "CIFAR-10"
     num_classes = 10
+    classes = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
     input_shape = (3, 32, 32)
     mean = (0.4914, 0.4822, 0.4465)
     std = (0.2470, 0.2435, 0.2616)
@@ -123,6 +127,110 @@ class CIFAR100(CIFAR10):
 
     name = "CIFAR-100"
     num_classes = 100
+    classes = tuple(
+        [
+            "apple",
+            "aquarium_fish",
+            "baby",
+            "bear",
+            "beaver",
+            "bed",
+            "bee",
+            "beetle",
+            "bicycle",
+            "bottle",
+            "bowl",
+            "boy",
+            "bridge",
+            "bus",
+            "butterfly",
+            "camel",
+            "can",
+            "castle",
+            "caterpillar",
+            "cattle",
+            "chair",
+            "chimpanzee",
+            "clock",
+            "cloud",
+            "cockroach",
+            "couch",
+            "crab",
+            "crocodile",
+            "cup",
+            "dinosaur",
+            "dolphin",
+            "elephant",
+            "flatfish",
+            "forest",
+            "fox",
+            "girl",
+            "hamster",
+            "house",
+            "kangaroo",
+            "keyboard",
+            "lamp",
+            "lawn_mower",
+            "leopard",
+            "lion",
+            "lizard",
+            "lobster",
+            "man",
+            "maple_tree",
+            "motorcycle",
+            "mountain",
+            "mouse",
+            "mushroom",
+            "oak_tree",
+            "orange",
+            "orchid",
+            "otter",
+            "palm_tree",
+            "pear",
+            "pickup_truck",
+            "pine_tree",
+            "plain",
+            "plate",
+            "poppy",
+            "porcupine",
+            "possum",
+            "rabbit",
+            "raccoon",
+            "ray",
+            "road",
+            "rocket",
+            "rose",
+            "sea",
+            "seal",
+            "shark",
+            "shrew",
+            "skunk",
+            "skyscraper",
+            "snail",
+            "snake",
+            "spider",
+            "squirrel",
+            "streetcar",
+            "sunflower",
+            "sweet_pepper",
+            "table",
+            "tank",
+            "telephone",
+            "television",
+            "tiger",
+            "tractor",
+            "train",
+            "trout",
+            "tulip",
+            "turtle",
+            "wardrobe",
+            "whale",
+            "willow_tree",
+            "wolf",
+            "woman",
+            "worm",
+        ]
+    )
     mean = (0.5071, 0.4865, 0.4409)
     std = (0.2673, 0.2564, 0.2762)
     train_files = ("train",)
@@ -146,6 +254,7 @@ class STL10(VisionDataModule):
 
     name = "STL-10"
     num_classes = 10
+    classes = ("airplane", "bird", "car", "cat", "deer", "dog", "horse", "monkey", "ship", "truck")
     input_shape = (3, 96, 96)
     mean = (0.4467, 0.4398, 0.4066)
     std = (0.2603, 0.2566, 0.2713)

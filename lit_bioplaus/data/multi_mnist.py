@@ -110,6 +110,7 @@ class MultiMNIST(VisionDataModule):
 
     name = "Multi-MNIST"
     num_classes = 10
+    classes = MNIST.classes
     num_tasks = 2
     input_shape = (1, 28, 28)
     mean = STATISTICS["mnist"][:1]
@@ -127,6 +128,7 @@ class MultiMNIST(VisionDataModule):
         self.mean, self.std = STATISTICS[source][:1], STATISTICS[source][1:]
         self.source_data = SOURCES[source](data_dir=self.data_dir, download=self.download)
         self.name = f"Multi-{self.source_data.name}"
+        self.classes = self.source_data.classes
         self._task_table: tuple[int, Tensor] | None = None
 
     def prepare_data(self) -> None:
@@ -143,9 +145,7 @@ class MultiMNIST(VisionDataModule):
         + offset`` (a different stream per range)."""
         generator = torch.Generator().manual_seed(self.generator_seed + offset)
         partners = torch.randint(len(images), (len(images),), generator=generator)
-        combined = overlay_pairs(images, partners)
-        if self.pad:
-            combined = F.pad(combined, (self.pad,) * 4)
+        combined = self.preprocessing().pad_images(overlay_pairs(images, partners))
         targets = torch.stack([labels, labels[partners]], dim=1)
         return MultiTaskImageDataset(combined, targets, self.mean, self.std, partners)
 
