@@ -229,6 +229,10 @@ def test_network_is_one_sliceable_sequence_with_its_activations():
     torch.testing.assert_close(features(x), torch.relu(x.flatten(1) @ first.weight.T + first.bias))
     assert net[-1] is net.head
     assert "TwoStreamActivation(relu)" in repr(net)
+    second = net[3]
+    penultimate = torch.relu(features(x) @ second.weight.T + second.bias)
+    torch.testing.assert_close(net.forward_features(x), penultimate)  # activated, as the head reads it
+    torch.testing.assert_close(net.head(net.forward_features(x)), net(x))
 
 
 def test_pooled_convnet_features_after_the_last_stage_are_activated():

@@ -69,6 +69,13 @@ class TwoStreamNetwork(TwoStreamLayer):
             x = module.up(x)
         return x
 
+    def forward_features(self, x: Tensor) -> Tensor:
+        """The BU features the head reads: every module but the last, activations
+        included (``network[:-1]``): ``(N, *input_shape) -> (N, *features)``."""
+        for module in list(self)[:-1]:
+            x = module.up(x)
+        return x
+
     def down(self, y: Tensor, use_bias: bool = True) -> Tensor:
         """Ungated top-down pass: ``(N, num_outputs) -> (N, *input_shape)``."""
         for module in reversed(list(self)):
