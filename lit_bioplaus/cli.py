@@ -25,6 +25,7 @@ from lit_bioplaus.algorithms import BioplausModule
 from lit_bioplaus.data import VisionDataModule
 from lit_bioplaus.prediction import PredictionWriter
 from lit_bioplaus.registry import get_weights
+from lit_bioplaus.tracking import RunConfigCallback, check_wandb_ready
 
 
 class ZooAction(argparse.Action):
@@ -78,6 +79,11 @@ class BioplausCLI(LightningCLI):
                 "error: --trainer.accumulate_grad_batches is not supported: lit-bioplaus rules step their "
                 "optimizers themselves (manual optimization); use a larger --data.batch_size instead"
             )
+
+    def after_instantiate_classes(self) -> None:
+        """W&B without credentials stops here in one line, before any run is created."""
+        super().after_instantiate_classes()
+        check_wandb_ready(self.trainer.loggers)
 
     def before_predict(self) -> None:
         """``predict`` keeps its output: a ``PredictionWriter`` saves it in the run folder."""
@@ -143,6 +149,7 @@ def main(args: Sequence[str] | None = None, run: bool = True) -> BioplausCLI:
         subclass_mode_model=True,
         subclass_mode_data=True,
         auto_configure_optimizers=False,
+        save_config_callback=RunConfigCallback,
         save_config_kwargs={"overwrite": True},
         args=None if args is None else list(args),
         run=run,
