@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -15,16 +16,25 @@ from lit_bioplaus.io import atomic_save_file
 class PredictionWriter(BasePredictionWriter):
     """Writes what ``predict`` returns to ``predictions.safetensors`` in the run folder
     (``trainer.log_dir``, else ``default_root_dir``; ``predictions_rank{r}`` per DDP
-    process), atomically: ``predictions``, e.g. ``(N, C)`` class probabilities or
-    ``(N, T, C)`` under every task of a guided model, and ``indices`` ``(N,)``, each row's
-    sample in the predict data set (under DDP every process writes its share)."""
+    process), atomically:
+
+    * ``predictions``: e.g. ``(N, C)`` class probabilities, ``(N, T, C)`` under every task
+      of a guided model, or an autoencoder's ``(N, C, H, W)`` reconstructions;
+    * ``indices`` ``(N,)`` int64: each row's sample in the predict data set (under DDP
+      every process writes its share);
+    * ``classes`` ``(N,)`` or ``(N, T)`` int64, for classification (a module whose
+      ``task`` is ``"classification"``): the most probable class, ``predictions.argmax(-1)``.
+
+    When the DataModule names its samples (a ``files`` list, as ``ImageFiles`` does), the
+    file's metadata ``files`` is that list as JSON: row ``i`` is ``files[indices[i]]``.
+    """
 
     def __init__(self) -> None:
         super().__init__(write_interval="epoch")
         self.path: Path | None = None
 
     def write_on_epoch_end(self, trainer: Any, pl_module: Any, predictions: Any, batch_indices: Any) -> None:
-        if len(trainer.predict_dataloaders or []) > 1:
+        if len(trainer.num_predict_batches) > 1:  # one entry per dataloader
             raise ValueError("PredictionWriter writes one predict dataloader's predictions, got several")
         batches = predictions[0] if predictions and isinstance(predictions[0], list) else predictions
         indices = batch_indices[0] if batch_indices and isinstance(batch_indices[0], list) else batch_indices
@@ -36,5 +46,9 @@ class PredictionWriter(BasePredictionWriter):
             "predictions": torch.cat([batch.detach().cpu() for batch in batches]).contiguous(),
             "indices": torch.tensor([i for batch in indices for i in batch], dtype=torch.long),
         }
-        self.path = atomic_save_file(tensors, folder / f"predictions{suffix}.safetensors")
+        if getattr(pl_module, "task", None) == "classification":
+            tensors["classes"] = tensors["predictions"].argmax(dim=-1)
+        files = getattr(trainer.datamodule, "files", None)
+        metadata = {"files": json.dumps(list(files))} if files else None
+        self.path = atomic_save_file(tensors, folder / f"predictions{suffix}.safetensors", metadata)
         rank_zero_info(f"predictions {tuple(tensors['predictions'].shape)} written to {self.path}")

@@ -11,6 +11,7 @@ from lit_bioplaus.data.base import (
     VisionDataModule,
     collate,
 )
+from lit_bioplaus.data.image_files import ImageFiles
 from lit_bioplaus.data.modules import (
     CIFAR10,
     CIFAR100,
@@ -32,6 +33,7 @@ __all__ = [
     "DatasetNotFoundError",
     "Digits",
     "FashionMNIST",
+    "ImageFiles",
     "InMemoryImageDataset",
     "MultiMNIST",
     "MultiTaskImageDataset",
