@@ -262,7 +262,7 @@ class BioplausModule(L.LightningModule):
         loss = self.loss(logits, target)
         metric = self.val_metric if stage == "val" else self.test_metric
         metric(logits, target)
-        self.log(f"{stage}/loss", loss, prog_bar=stage == "val")
+        self.log(f"{stage}/loss", loss, prog_bar=stage == "val", sync_dist=True)
         self.log(f"{stage}/{self.metric_name}", metric, prog_bar=stage == "val")
         return loss, logits
 

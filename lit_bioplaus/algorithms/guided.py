@@ -211,7 +211,7 @@ class GuidedLearning(BioplausModule):
         for task, (task_metric, rows) in enumerate(zip(task_metrics, logits.split(x.shape[0]), strict=True)):
             task_metric(rows, labels[:, task])
             self.log(f"{stage}/acc_task{task}", task_metric)
-        self.log(f"{stage}/loss", loss, prog_bar=stage == "val")
+        self.log(f"{stage}/loss", loss, prog_bar=stage == "val", sync_dist=True)
         self.log(f"{stage}/acc", metric, prog_bar=stage == "val")
         return loss, logits
 
