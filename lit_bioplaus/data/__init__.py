@@ -11,6 +11,7 @@ from lit_bioplaus.data.base import (
     VisionDataModule,
     collate,
 )
+from lit_bioplaus.data.datasets import DatasetCorruptError
 from lit_bioplaus.data.image_files import ImageFiles
 from lit_bioplaus.data.modules import (
     CIFAR10,
@@ -30,6 +31,7 @@ __all__ = [
     "DATAMODULES",
     "MNIST",
     "STL10",
+    "DatasetCorruptError",
     "DatasetNotFoundError",
     "Digits",
     "FashionMNIST",

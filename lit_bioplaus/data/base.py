@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import copy
+import math
+import socket
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -16,10 +19,38 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 from lit_bioplaus.data.transforms import ImagePreprocessing
 
 DEFAULT_DATA_DIR = "./data"
+DEFAULT_DOWNLOAD_TIMEOUT = 60.0
+"""Seconds a download waits on a silent server before giving up."""
 
 
 class DatasetNotFoundError(FileNotFoundError):
     """A data set's files are not on disk, and were not (or could not be) downloaded."""
+
+
+@contextmanager
+def socket_timeout(seconds: float) -> Iterator[None]:
+    """Within the block, every new socket that sets no timeout of its own gives up a
+    connect, send or receive after ``seconds`` without progress (``TimeoutError``).
+
+    ``socket.setdefaulttimeout`` is process-wide: sockets other threads open meanwhile
+    get the timeout too. The previous default is restored on exit.
+    """
+    previous = socket.getdefaulttimeout()
+    socket.setdefaulttimeout(seconds)
+    try:
+        yield
+    finally:
+        socket.setdefaulttimeout(previous)
+
+
+def timed_out(err: BaseException | None) -> bool:
+    """Whether ``err`` or an error it wraps (``URLError.reason``, the cause or context
+    chain) is a socket timeout."""
+    while err is not None:
+        if isinstance(err, TimeoutError) or isinstance(getattr(err, "reason", None), TimeoutError):
+            return True
+        err = err.__cause__ or err.__context__
+    return False
 
 
 class InMemoryImageDataset(Dataset[tuple[Tensor, Tensor]]):
@@ -134,6 +165,8 @@ class VisionDataModule(L.LightningDataModule, ABC):
         pad: zero-pad every image by this many pixels on each side (e.g. 2 turns
             28x28 into 32x32 for networks that halve the size four times);
             ``input_shape`` grows to match.
+        download_timeout: seconds a download waits on a server that sends nothing
+            (to connect, or for the next data) before it fails naming the URL.
     """
 
     name: ClassVar[str]
@@ -181,14 +214,21 @@ class VisionDataModule(L.LightningDataModule, ABC):
         pin_memory: bool = False,
         shuffle: bool = True,
         pad: int = 0,
+        download_timeout: float = DEFAULT_DOWNLOAD_TIMEOUT,
     ) -> None:
         super().__init__()
         if pad < 0:
             raise ValueError(f"pad must be non-negative, got {pad}")
-        if batch_size < 1 or (eval_batch_size is not None and eval_batch_size < 1):
-            raise ValueError("batch sizes must be positive")
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be positive, got {batch_size}")
+        if eval_batch_size is not None and eval_batch_size < 1:
+            raise ValueError(f"eval_batch_size must be positive, got {eval_batch_size}")
+        if num_workers < 0:
+            raise ValueError(f"num_workers must be non-negative, got {num_workers}")
         if not 0 <= val_fraction < 1:
             raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction}")
+        if not (download_timeout > 0 and math.isfinite(download_timeout)):
+            raise ValueError(f"download_timeout must be a positive number of seconds, got {download_timeout}")
         self.data_dir = data_dir
         self.download = download
         self.batch_size = batch_size
@@ -199,6 +239,7 @@ class VisionDataModule(L.LightningDataModule, ABC):
         self.pin_memory = pin_memory
         self.shuffle = shuffle
         self.pad = pad
+        self.download_timeout = download_timeout
         channels, height, width = type(self).input_shape
         self.input_shape = (channels, height + 2 * pad, width + 2 * pad)
         self._resume_batches = 0
@@ -250,7 +291,8 @@ class VisionDataModule(L.LightningDataModule, ABC):
         that they are there.
 
         Raises:
-            DatasetNotFoundError: the files are missing (also when downloading failed).
+            DatasetNotFoundError: the files are missing (also when downloading failed or
+                timed out).
         """
         if self.download and self._find() is None:
             self._download()
@@ -259,10 +301,18 @@ class VisionDataModule(L.LightningDataModule, ABC):
     def setup(self, stage: str | None = None) -> None:
         """Load the splits ``stage`` needs (each once): the training split, divided into
         ``train_set`` and ``val_set``, for ``"fit"`` and ``"validate"``; the test split,
-        ``test_set``, for ``"test"`` and ``"predict"``; all for None."""
+        ``test_set``, for ``"test"`` and ``"predict"``; all for None.
+
+        Raises:
+            ValueError: ``val_fraction`` leaves no training images.
+        """
         if stage in (None, "fit", "validate") and self.train_set is None:
             dataset = self._load_dataset(train=True)
             train, val = split_indices(len(dataset), self.val_fraction, self.seed)
+            if len(train) == 0:
+                raise ValueError(
+                    f"{self.name}: val_fraction {self.val_fraction} leaves no training images out of {len(dataset)}"
+                )
             self.train_set, self.val_set = dataset.subset(train), dataset.subset(val)
         if stage in (None, "test", "predict") and self.test_set is None:
             self.test_set = self._load_dataset(train=False)
@@ -329,12 +379,30 @@ class VisionDataModule(L.LightningDataModule, ABC):
     def _download_root(self) -> Path:
         return Path(self.data_dir or DEFAULT_DATA_DIR).expanduser().absolute()
 
+    @property
+    def _download_urls(self) -> list[str]:
+        """Where ``torchvision_dataset`` downloads from: its mirrors (MNIST's family) or
+        its URL, else this data set's ``url``."""
+        dataset = self.torchvision_dataset
+        return list(getattr(dataset, "mirrors", None) or [getattr(dataset, "url", self.url)])
+
     def _download(self) -> None:
         try:
-            self.torchvision_dataset(self._download_root, download=True)
-        except (OSError, RuntimeError) as err:  # URLError is an OSError
-            reason = f"Downloading into {self._download_root} failed: {err}"
-            raise self._not_found_error(reason) from err
+            with socket_timeout(self.download_timeout):
+                self.torchvision_dataset(self._download_root, download=True)
+        except (OSError, RuntimeError) as err:  # URLError and TimeoutError are OSErrors
+            raise self._not_found_error(self._download_failure(err)) from err
+
+    def _download_failure(self, err: BaseException) -> str:
+        """One line saying why the download into ``_download_root`` failed."""
+        urls = " or ".join(self._download_urls)
+        if timed_out(err):
+            return (
+                f"Downloading from {urls} into {self._download_root} timed out: no answer within "
+                f"{self.download_timeout:g} s (raise `--data.download_timeout` for a slow connection)"
+            )
+        details = " ".join(str(err).split())  # torchvision lists the mirrors it tried on several lines
+        return f"Downloading from {urls} into {self._download_root} failed: {details}"
 
     def _not_found_error(self, reason: str | None = None) -> DatasetNotFoundError:
         suffixes = "".join(f"[{suffix}]" for suffix in self.file_suffixes if suffix)

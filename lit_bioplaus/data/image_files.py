@@ -131,6 +131,8 @@ class ImageFiles(VisionDataModule):
             raise ValueError(f"pad must be non-negative, got {pad}")
         if batch_size < 1 or (eval_batch_size is not None and eval_batch_size < 1):
             raise ValueError("batch sizes must be positive")
+        if num_workers < 0:
+            raise ValueError(f"num_workers must be non-negative, got {num_workers}")
         self.root = Path(root).expanduser()
         self.name = f"image folder {self.root}"
         self.image_shape: tuple[int, int, int] = tuple(image_shape)  # type: ignore[assignment]

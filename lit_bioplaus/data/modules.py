@@ -12,6 +12,8 @@ from torch import Tensor
 
 from lit_bioplaus.data.base import DEFAULT_DATA_DIR, VisionDataModule, split_indices
 from lit_bioplaus.data.datasets import (
+    check_label_count,
+    check_labels,
     read_cifar,
     read_idx,
     read_stl10_images,
@@ -70,8 +72,11 @@ class MNIST(VisionDataModule):
 
     def load_split(self, train: bool) -> tuple[Tensor, Tensor]:
         images_path, labels_path = self.split_paths(train)
-        images = torch.from_numpy(read_idx(images_path)).unsqueeze(1)
-        return images, torch.from_numpy(read_idx(labels_path)).long()
+        images = read_idx(images_path, item_shape=type(self).input_shape[1:], dtype=np.uint8)
+        labels = read_idx(labels_path, item_shape=(), dtype=np.uint8)
+        check_label_count(labels_path, labels, images_path, len(images))
+        check_labels(labels_path, labels, self.num_classes)
+        return torch.from_numpy(images).unsqueeze(1), torch.from_numpy(labels).long()
 
 
 class FashionMNIST(MNIST):
@@ -115,7 +120,7 @@ class CIFAR10(VisionDataModule):
     label_key: ClassVar[bytes] = b"labels"
 
     def load_split(self, train: bool) -> tuple[Tensor, Tensor]:
-        images, labels = read_cifar(self.split_paths(train), self.label_key)
+        images, labels = read_cifar(self.split_paths(train), self.label_key, self.num_classes)
         return torch.from_numpy(images), torch.from_numpy(labels)
 
 
@@ -275,7 +280,9 @@ class STL10(VisionDataModule):
         images = torch.from_numpy(read_stl10_images(images_path))
         if not labels_path:  # the unlabeled set
             return images, torch.full((len(images),), -1)
-        return images, torch.from_numpy(read_stl10_labels(labels_path[0]))
+        labels = read_stl10_labels(labels_path[0])
+        check_label_count(labels_path[0], labels, images_path, len(images))
+        return images, torch.from_numpy(labels)
 
 
 DATAMODULES: dict[str, type[VisionDataModule]] = {

@@ -126,7 +126,9 @@ class MultiMNIST(VisionDataModule):
         self.train_size = train_size
         self.generator_seed = generator_seed
         self.mean, self.std = STATISTICS[source][:1], STATISTICS[source][1:]
-        self.source_data = SOURCES[source](data_dir=self.data_dir, download=self.download)
+        self.source_data = SOURCES[source](
+            data_dir=self.data_dir, download=self.download, download_timeout=self.download_timeout
+        )
         self.name = f"Multi-{self.source_data.name}"
         self.classes = self.source_data.classes
         self._task_table: tuple[int, Tensor] | None = None
