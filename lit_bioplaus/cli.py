@@ -10,19 +10,29 @@ optimizers themselves); ``--trainer.accumulate_grad_batches`` is refused in one 
 from __future__ import annotations
 
 import argparse
+import importlib
+import inspect
 import itertools
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import torch
 import yaml
 from jsonargparse import ActionConfigFile, Namespace
+from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
+from lightning.pytorch import Trainer
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
+from lightning.pytorch.utilities import rank_zero_info
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from lit_bioplaus.algorithms import BioplausModule
+from lit_bioplaus.checkpointing import SIGTERM_EXIT_STATUS, AtomicCheckpointIO, PreemptionCheckpoint
 from lit_bioplaus.data import VisionDataModule
+from lit_bioplaus.errors import explain
 from lit_bioplaus.prediction import PredictionWriter
 from lit_bioplaus.registry import get_weights
 from lit_bioplaus.tracking import RunConfigCallback, check_wandb_ready
@@ -80,9 +90,53 @@ class BioplausCLI(LightningCLI):
                 "optimizers themselves (manual optimization); use a larger --data.batch_size instead"
             )
 
+    def _parse_ckpt_path(self) -> None:
+        """``--ckpt_path``: the config (with every explicit override) stays the model's; the
+        checkpoint must come from the same rule, and where its hyper-parameters differ
+        from the config's, that is said (Lightning would silently take the checkpoint's)."""
+        if not self.config.get("subcommand"):
+            return
+        config = self.config[self.config.subcommand]
+        path = config.get("ckpt_path")
+        if not path or path in ("last", "best", "hpc", "registry"):
+            return
+        if not Path(path).is_file():
+            raise SystemExit(f"error: --ckpt_path {path}: no such file")
+        try:
+            saved = torch.load(path, weights_only=True, map_location="cpu").get("hyper_parameters", {})
+        except Exception:  # any reason a file is not a readable checkpoint
+            raise SystemExit(
+                f"error: cannot read checkpoint {path}: it is corrupt, truncated or not a PyTorch checkpoint"
+            ) from None
+        rule, configured = saved.get("_class_path"), config.model.class_path
+        if rule is not None and import_object(rule) is not import_object(configured):
+            raise SystemExit(
+                f"error: checkpoint {path} was trained by {rule}, but the config's model is {configured}: "
+                f"use that rule's config (or --model {rule})"
+            )
+        differences = [
+            f"{key} (checkpoint {saved[key]!r}, config {value!r})"
+            for key, value in config.model.init_args.items()
+            if key in saved and key not in LINKED and not isinstance(value, Namespace) and saved[key] != value
+        ]
+        if differences:
+            rank_zero_info(f"--ckpt_path {path}: keeping the config's {', '.join(differences)}")
+
+    def instantiate_trainer(self, **kwargs: Any) -> Trainer:
+        """The trainer, with atomic checkpoint writes and a resumable checkpoint on SIGTERM
+        (see ``lit_bioplaus.checkpointing``)."""
+        trainer = super().instantiate_trainer(**kwargs)
+        if type(trainer.strategy.checkpoint_io) is TorchCheckpointIO:
+            trainer.strategy.checkpoint_io = AtomicCheckpointIO()
+        trainer.callbacks.append(PreemptionCheckpoint())
+        return trainer
+
     def after_instantiate_classes(self) -> None:
-        """W&B without credentials stops here in one line, before any run is created."""
+        """Linked options given explicitly must agree with the data; W&B without
+        credentials stops here in one line, before any run is created."""
         super().after_instantiate_classes()
+        config = self.config[self.subcommand] if self.subcommand else self.config
+        check_linked_options(config, self.model)
         check_wandb_ready(self.trainer.loggers)
 
     def before_predict(self) -> None:
@@ -100,6 +154,44 @@ class BioplausCLI(LightningCLI):
             and bool(checkpoint.best_model_path)
         )
         self.trainer.test(self.model, datamodule=self.datamodule, ckpt_path="best" if use_best else None)
+
+
+LINKED = ("num_classes", "input_shape", "num_tasks")
+"""Model options the CLI takes from the DataModule."""
+
+
+def check_linked_options(config: Namespace, model: BioplausModule) -> None:
+    """A linked option (``LINKED``) set to something other than its default must be what
+    the data gave the model: the DataModule decides, a disagreeing option is refused.
+
+    Raises:
+        SystemExit: ``--model.init_args.num_classes 5`` with ten-class data, say.
+    """
+    for key in LINKED:
+        given, default = config.model.init_args.get(key), signature_default(type(model), key)
+        normalise = (lambda v: tuple(v)) if key == "input_shape" else (lambda v: v)
+        if given is None or normalise(given) in (normalise(default), normalise(getattr(model, key))):
+            continue
+        raise SystemExit(
+            f"error: --model.init_args.{key} {given} disagrees with the data ({getattr(model, key)}): the "
+            f"DataModule sets it; drop the option or choose matching data"
+        )
+
+
+def signature_default(cls: type, name: str) -> Any:
+    """The default of ``cls``'s constructor argument ``name``, looked up along the MRO
+    (through ``**kwargs``)."""
+    for klass in cls.__mro__:
+        parameter = inspect.signature(klass.__init__).parameters.get(name) if "__init__" in vars(klass) else None
+        if parameter is not None and parameter.default is not inspect.Parameter.empty:
+            return parameter.default
+    return None
+
+
+def import_object(path: str) -> Any:
+    """The object a dotted ``class_path`` names."""
+    module, _, name = path.rpartition(".")
+    return getattr(importlib.import_module(module), name)
 
 
 def move_gradient_clip(config: Namespace) -> None:
@@ -156,6 +248,18 @@ def main(args: Sequence[str] | None = None, run: bool = True) -> BioplausCLI:
     )
 
 
-def cli_main() -> None:
-    """Console-script entry point ``lit-bioplaus``."""
-    main()
+def cli_main(args: Sequence[str] | None = None) -> None:
+    """Console-script entry point ``lit-bioplaus``: a known failure (bad option value,
+    missing or corrupt data, checkpoint or zoo file, divergence, out of memory, ...) is
+    printed as one ``error:`` line, exit status 1 (SIGTERM: 143); set
+    ``LIT_BIOPLAUS_DEBUG=1`` for the traceback. Anything else keeps its traceback."""
+    try:
+        main(args)
+    except SIGTERMException:
+        raise SystemExit(SIGTERM_EXIT_STATUS) from None
+    except Exception as err:
+        message = None if os.environ.get("LIT_BIOPLAUS_DEBUG") else explain(err)
+        if message is None:
+            raise
+        print(f"error: {message}\n(LIT_BIOPLAUS_DEBUG=1 shows the traceback)", file=sys.stderr)
+        raise SystemExit(1) from None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, Literal
@@ -17,6 +18,7 @@ from torchmetrics import MeanMetric, MeanSquaredError
 from torchmetrics.classification import MulticlassAccuracy
 
 from lit_bioplaus import registry
+from lit_bioplaus.checkpointing import DivergenceError
 from lit_bioplaus.nn import MLP, TwoStreamNetwork
 
 NetworkFactory = Callable[[Sequence[int], int], TwoStreamNetwork]
@@ -70,6 +72,21 @@ def log_reconstructions(loggers: Sequence[Logger], inputs: Tensor, outputs: Tens
     log_image(loggers, "val/reconstructions", grid, epoch, f"epoch {epoch}: inputs / outputs")
 
 
+def check_range(
+    name: str, value: float | None, low: float | None = None, high: float | None = None, open_low: bool = False
+) -> None:
+    """Refuse a numeric option outside ``[low, high]`` (``(low, high]`` with ``open_low``),
+    or not a finite number; None (unset) passes."""
+    if value is None:
+        return
+    below = low is not None and (value <= low if open_low else value < low)
+    if not math.isfinite(value) or below or (high is not None and value > high):
+        bounds = (
+            f"{'(' if open_low else '['}{low if low is not None else '-inf'}, {high if high is not None else 'inf'}]"
+        )
+        raise ValueError(f"{name} must be in {bounds}, got {value}")
+
+
 class BioplausModule(L.LightningModule):
     """Shared parts of every algorithm: the network, the loss, metrics, the training
     step, validation / test / predict steps and the optimizer from the config.
@@ -120,6 +137,7 @@ class BioplausModule(L.LightningModule):
         num_tasks: int = 1,
     ) -> None:
         super().__init__()
+        check_range("gradient_clip_val", gradient_clip_val, low=0, open_low=True)
         self.save_hyperparameters()
         self.num_tasks = num_tasks
         self.check_num_tasks(num_tasks)
@@ -247,10 +265,28 @@ class BioplausModule(L.LightningModule):
         self.train_metric.update(logits.detach(), target)
         every = self.trainer.log_every_n_steps
         if every and batch_idx % every == 0:
+            self.check_finite(loss, "the training loss")
             self.log("train/loss_step", loss, prog_bar=True)
 
+    def check_finite(self, value: Tensor, what: str) -> None:
+        """Stop training (``DivergenceError``) if ``value`` has a NaN or an infinity: one
+        host-device sync, so called on the logging interval, at epoch end and before
+        every checkpoint, not every step."""
+        if not bool(torch.isfinite(value).all()):
+            raise DivergenceError(
+                f"training diverged at step {self.global_step} (epoch {self.current_epoch}): {what} is not finite; "
+                "nothing was saved from this point on (lower the learning rate, or clip with gradient_clip_val)"
+            )
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """A checkpoint of non-finite weights is never written (it could replace a good one)."""
+        for name, param in self.named_parameters():
+            self.check_finite(param.detach(), f"parameter {name}")
+
     def on_train_epoch_end(self) -> None:
-        self.log("train/loss_epoch", self.train_loss.compute())
+        epoch_loss = self.train_loss.compute()
+        self.check_finite(epoch_loss, "the epoch's training loss")
+        self.log("train/loss_epoch", epoch_loss)
         self.log(f"train/{self.metric_name}", self.train_metric.compute())
         self.train_loss.reset()
         self.train_metric.reset()

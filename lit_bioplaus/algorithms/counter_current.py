@@ -33,7 +33,7 @@ import torch.nn.functional as F
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import Tensor
 
-from lit_bioplaus.algorithms.base import BioplausModule, NetworkFactory
+from lit_bioplaus.algorithms.base import BioplausModule, NetworkFactory, check_range
 from lit_bioplaus.nn import TwoStreamActivation, TwoStreamMirror, TwoStreamNetwork, WeightedTwoStreamLayer
 
 Similarity = Literal["dot", "cosine"]
@@ -87,6 +87,12 @@ class CounterCurrent(BioplausModule):
         self.gradient_clip_val = gradient_clip_val
         if similarity not in ("dot", "cosine"):
             raise ValueError(f"similarity must be 'dot' or 'cosine', got {similarity!r}")
+        check_range("gradient_clip_val", gradient_clip_val, low=0, open_low=True)
+        check_range("warmup_steps", warmup_steps, low=0)
+        check_range("similarity_scale", similarity_scale, low=0, open_low=True)
+        check_range("anti_collapse_scale", anti_collapse_scale, low=0)
+        check_range("feedback_gradient_clip_val", feedback_gradient_clip_val, low=0, open_low=True)
+        check_range("target_filter", target_filter, low=0, high=1)
         self.feedback_optimizer_factory = feedback_optimizer
         self.feedback_lr_scheduler_factory = feedback_lr_scheduler
         self.feedback_gradient_clip_val = feedback_gradient_clip_val

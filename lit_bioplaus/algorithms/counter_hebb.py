@@ -32,7 +32,7 @@ import torch
 from torch import Tensor
 
 from lit_bioplaus.algorithms.base import BioplausModule, NetworkFactory
-from lit_bioplaus.nn import TwoStreamLayer, TwoStreamNetwork
+from lit_bioplaus.nn import TwoStreamActivation, TwoStreamLayer, TwoStreamNetwork
 
 Gates = dict[int, Tensor]
 """Guided learning's masks: network module index -> 0/1 tensor shaped like its output."""
@@ -65,15 +65,26 @@ class CounterHebb(BioplausModule):
     """
 
     def __init__(self, weak_symmetry_sigma: float = 0.0, **kwargs: Any) -> None:
+        if not 0 <= weak_symmetry_sigma < float("inf"):
+            raise ValueError(f"weak_symmetry_sigma must be a non-negative number, got {weak_symmetry_sigma}")
         super().__init__(**kwargs)
         self.weak_symmetry_sigma = weak_symmetry_sigma
 
     def build_network(self, network: NetworkFactory) -> TwoStreamNetwork:
-        """The network; refused if a module has no Counter-Hebb TD pass (``gated_down``)."""
+        """The network; refused if a module has no Counter-Hebb TD pass (``gated_down``),
+        or an activation is not ReLU: the paper's TD pass gates the error by ``[h > 0]``
+        (GaLU), which is the activation's derivative for ReLU only (for tanh, ELU, ... the
+        update would silently not be the gradient)."""
         built = super().build_network(network)
         unsupported = [repr(m) for m in built.modules() if isinstance(m, TwoStreamLayer) and not m.supports_gated_down]
         if unsupported:
             raise ValueError(f"{type(self).__name__} cannot run its top-down pass through: {', '.join(unsupported)}")
+        others = sorted({m.name for m in built.modules() if isinstance(m, TwoStreamActivation) and m.name != "relu"})
+        if others:
+            raise ValueError(
+                f"{type(self).__name__} gates its top-down pass with ReLU (GaLU), which is not the derivative of "
+                f"{', '.join(others)}: use activation 'relu', or BackProp / CounterCurrent for {', '.join(others)}"
+            )
         return built
 
     # --- the learning rule ---------------------------------------------------------------
