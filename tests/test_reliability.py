@@ -111,10 +111,12 @@ def test_a_run_that_diverges_stops_with_an_error_and_keeps_its_good_checkpoint(t
     (line,) = error_lines(result.stderr)
     assert line.startswith("error: training diverged at step") and "not finite" in line
     assert "Traceback" not in result.stderr
-    (checkpoint,) = (tmp_path / "checkpoints").glob("*.ckpt")
-    state = torch.load(checkpoint, weights_only=False)
-    assert state["global_step"] == 41
-    assert all(torch.isfinite(value).all() for value in state["state_dict"].values())
+    checkpoints = sorted(p.name for p in (tmp_path / "checkpoints").glob("*.ckpt"))
+    assert checkpoints == ["best.ckpt", "last.ckpt"]  # the recipe keeps both
+    for name in checkpoints:
+        state = torch.load(tmp_path / "checkpoints" / name, weights_only=False)
+        assert state["global_step"] == 41
+        assert all(torch.isfinite(value).all() for value in state["state_dict"].values())
 
 
 def test_non_finite_weights_are_never_saved(tmp_path):
@@ -147,8 +149,7 @@ def test_sigterm_saves_a_checkpoint_exits_non_zero_and_resumes_exactly(tmp_path)
 def checkpoint_of_counter_hebb(tmp_path):
     main(["fit", "--config", str(ROOT / "configs" / "quickstart_ch.yaml"), *FAST, "--trainer.max_epochs", "1",
           "--test_after_fit", "false", "--trainer.default_root_dir", str(tmp_path / "ch")])  # fmt: skip
-    (checkpoint,) = (tmp_path / "ch" / "checkpoints").glob("*.ckpt")
-    return checkpoint
+    return tmp_path / "ch" / "checkpoints" / "last.ckpt"
 
 
 @pytest.mark.parametrize(
