@@ -16,6 +16,7 @@ import itertools
 import os
 import sys
 from collections.abc import Sequence
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -26,13 +27,19 @@ from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 from lightning.pytorch import Trainer
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
+from lightning.pytorch.strategies import DDPStrategy
 from lightning.pytorch.utilities import rank_zero_info
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from lit_bioplaus.algorithms import BioplausModule
-from lit_bioplaus.checkpointing import SIGTERM_EXIT_STATUS, AtomicCheckpointIO, PreemptionCheckpoint
 from lit_bioplaus.data import VisionDataModule
 from lit_bioplaus.errors import explain
+from lit_bioplaus.fault_tolerance import (
+    SIGTERM_EXIT_STATUS,
+    AtomicCheckpointIO,
+    PreemptionCheckpoint,
+    StopPeersOnFailure,
+)
 from lit_bioplaus.prediction import PredictionWriter
 from lit_bioplaus.registry import get_weights
 from lit_bioplaus.tracking import RunConfigCallback, check_wandb_ready
@@ -77,6 +84,13 @@ class BioplausCLI(LightningCLI):
             type=bool,
             default=True,
             help="fit only: evaluate the test split after training and print the metrics table",
+        )
+        parser.add_argument(
+            "--ddp_timeout",
+            type=float | None,
+            default=None,
+            help="with --trainer.strategy ddp: seconds a process waits for the others in a collective before "
+            f"failing (default {CPU_DDP_TIMEOUT_S:.0f} on CPU, Lightning's {GPU_DDP_TIMEOUT_S:.0f} otherwise)",
         )
 
     def before_instantiate_classes(self) -> None:
@@ -123,12 +137,18 @@ class BioplausCLI(LightningCLI):
             rank_zero_info(f"--ckpt_path {path}: keeping the config's {', '.join(differences)}")
 
     def instantiate_trainer(self, **kwargs: Any) -> Trainer:
-        """The trainer, with atomic checkpoint writes and a resumable checkpoint on SIGTERM
-        (see ``lit_bioplaus.checkpointing``)."""
+        """The trainer, with atomic checkpoint writes, a resumable checkpoint on SIGTERM
+        (see ``lit_bioplaus.fault_tolerance``) and, for ``--trainer.strategy ddp``, the
+        collective timeout of ``--ddp_timeout``."""
+        config = self.config[self.subcommand] if self.subcommand else self.config
+        if config.trainer.get("strategy") == "ddp":
+            cpu = config.trainer.get("accelerator") == "cpu"
+            seconds = config.get("ddp_timeout") or (CPU_DDP_TIMEOUT_S if cpu else GPU_DDP_TIMEOUT_S)
+            kwargs.setdefault("strategy", DDPStrategy(timeout=timedelta(seconds=seconds)))
         trainer = super().instantiate_trainer(**kwargs)
         if type(trainer.strategy.checkpoint_io) is TorchCheckpointIO:
             trainer.strategy.checkpoint_io = AtomicCheckpointIO()
-        trainer.callbacks.append(PreemptionCheckpoint())
+        trainer.callbacks += [PreemptionCheckpoint(), StopPeersOnFailure()]
         return trainer
 
     def after_instantiate_classes(self) -> None:
@@ -155,6 +175,11 @@ class BioplausCLI(LightningCLI):
         )
         self.trainer.test(self.model, datamodule=self.datamodule, ckpt_path="best" if use_best else None)
 
+
+CPU_DDP_TIMEOUT_S = 300.0
+"""Collective timeout of CPU (gloo) DDP runs: a stalled process fails the run in minutes."""
+GPU_DDP_TIMEOUT_S = 1800.0
+"""Lightning's (and PyTorch's) default, kept for GPU runs (first NCCL steps can be slow)."""
 
 LINKED = ("num_classes", "input_shape", "num_tasks")
 """Model options the CLI takes from the DataModule."""

@@ -16,8 +16,8 @@ from types import TracebackType
 import torch
 from lightning.fabric.utilities.exceptions import MisconfigurationException
 
-from lit_bioplaus.checkpointing import DivergenceError
 from lit_bioplaus.data import DatasetCorruptError, DatasetNotFoundError
+from lit_bioplaus.fault_tolerance import DivergenceError
 from lit_bioplaus.registry import ZooIntegrityError
 
 PACKAGE_DIR = Path(__file__).resolve().parent
@@ -79,6 +79,11 @@ def explain(error: BaseException) -> str | None:
             return str(cause)
         if isinstance(cause, MisconfigurationException):
             return first_line(cause)
+        if isinstance(cause, RuntimeError) and "Timed out waiting" in str(cause):
+            return (
+                f"a DDP process stopped answering ({first_line(cause)}): it crashed, hangs or is far slower "
+                "than the others (see its output); --ddp_timeout sets how long the others wait"
+            )
         if isinstance(cause, (ValueError, TypeError, KeyError, RuntimeError)) and raised_in(cause, PACKAGE_DIR):
             return str(cause)
     for cause in chain:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import math
 import os
 import signal
+import time
 
 import lightning as L
 import torch
@@ -33,3 +34,15 @@ class TerminateAt(L.Callback):
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         if trainer.global_step == self.at_step:
             os.kill(os.getpid(), signal.SIGTERM)
+
+
+class StallRank(L.Callback):
+    """At global step ``at_step``, process ``rank`` stops answering for ``seconds`` (a hung
+    DDP peer: a stuck file system, a dead GPU)."""
+
+    def __init__(self, rank: int, at_step: int, seconds: float) -> None:
+        self.rank, self.at_step, self.seconds = rank, at_step, seconds
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        if trainer.global_rank == self.rank and trainer.global_step == self.at_step:
+            time.sleep(self.seconds)

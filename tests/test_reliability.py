@@ -16,9 +16,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from lit_bioplaus import CounterHebb, DirectFeedbackAlignment, FeedbackAlignment, checkpointing
-from lit_bioplaus.checkpointing import SIGTERM_CHECKPOINT, SIGTERM_EXIT_STATUS, AtomicCheckpointIO
+from lit_bioplaus import CounterHebb, DirectFeedbackAlignment, FeedbackAlignment, fault_tolerance
 from lit_bioplaus.cli import cli_main, main
+from lit_bioplaus.fault_tolerance import SIGTERM_CHECKPOINT, SIGTERM_EXIT_STATUS, AtomicCheckpointIO
 from lit_bioplaus.nn import MLP
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -50,7 +50,7 @@ def test_a_full_disk_during_a_save_keeps_the_old_checkpoint(tmp_path, monkeypatc
         Path(file).write_bytes(b"half a checkpoint")
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(checkpointing.torch, "save", full_disk)
+    monkeypatch.setattr(fault_tolerance.torch, "save", full_disk)
     with pytest.raises(OSError, match="No space left"):
         io.save_checkpoint({"step": torch.tensor(2)}, path)
     assert torch.load(path, weights_only=True)["step"] == 1
@@ -61,15 +61,15 @@ KILLED_SAVE = """
 import sys, time
 from pathlib import Path
 import torch
-from lit_bioplaus import checkpointing
-io = checkpointing.AtomicCheckpointIO()
+from lit_bioplaus import fault_tolerance
+io = fault_tolerance.AtomicCheckpointIO()
 path = Path(sys.argv[1])
 io.save_checkpoint({"step": torch.tensor(1)}, path)
 def slow_save(checkpoint, file):
     Path(file).write_bytes(b"the first half of a checkpoint")
     print("writing", flush=True)
     time.sleep(60)
-checkpointing.torch.save = slow_save
+fault_tolerance.torch.save = slow_save
 io.save_checkpoint({"step": torch.tensor(2)}, path)
 """
 
@@ -123,7 +123,7 @@ def test_non_finite_weights_are_never_saved(tmp_path):
     model = main(["--config", QUICKSTART, *FAST], run=False).model
     with torch.no_grad():
         model.network[1].weight[0, 0] = float("inf")
-    with pytest.raises(checkpointing.DivergenceError, match=r"parameter network\.1\.weight is not finite"):
+    with pytest.raises(fault_tolerance.DivergenceError, match=r"parameter network\.1\.weight is not finite"):
         model.on_save_checkpoint({})
 
 
@@ -142,6 +142,22 @@ def test_sigterm_saves_a_checkpoint_exits_non_zero_and_resumes_exactly(tmp_path)
     assert resumed.trainer.global_step == straight.trainer.global_step == 60
     for name, value in straight.model.state_dict().items():
         torch.testing.assert_close(resumed.model.state_dict()[name], value, rtol=0, atol=1e-6)
+
+
+def test_a_mid_epoch_resume_with_another_batch_size_is_refused(tmp_path, capsys):
+    checkpoint_every = ["--trainer.callbacks+=lightning.pytorch.callbacks.ModelCheckpoint",
+                        f"--trainer.callbacks.dirpath={tmp_path / 'mid'}", "--trainer.callbacks.every_n_train_steps=10",
+                        "--trainer.callbacks.filename=mid"]  # fmt: skip
+    main(["fit", "--config", QUICKSTART, *FAST, "--trainer.max_steps", "10", "--test_after_fit", "false",
+          "--trainer.default_root_dir", str(tmp_path), *checkpoint_every])  # fmt: skip
+    with pytest.raises(SystemExit):
+        cli_main(["fit", "--config", QUICKSTART, *FAST, "--trainer.default_root_dir", str(tmp_path / "again"),
+                  "--data.init_args.batch_size", "16", "--ckpt_path", str(tmp_path / "mid" / "mid.ckpt")])  # fmt: skip
+    (line,) = error_lines(capsys.readouterr().err)
+    assert line == (
+        "error: cannot resume mid-epoch: the checkpoint stopped 10 batches into an epoch, but batch_size 32 -> 16; "
+        "resume with the same settings, or from an end-of-epoch checkpoint"
+    )
 
 
 # --- one clear line ------------------------------------------------------------------------
@@ -187,3 +203,20 @@ def test_counter_hebb_rules_refuse_activations_without_a_galu_td_pass(rule, acti
     mode = "shared" if rule is CounterHebb else "fixed"
     with pytest.raises(ValueError, match=f"not the derivative of {activation}: use activation 'relu'"):
         rule(network=partial(MLP, hidden=[5], activation=activation, weight_mode=mode), input_shape=(1, 4, 4))
+
+
+def test_a_stalled_ddp_peer_ends_the_run_within_the_timeout(tmp_path):
+    """Rank 1 hangs at step 3; rank 0 waits in the gradient all-reduce for --ddp_timeout
+    (10 s here, 300 s by default on CPU) and the run fails instead of waiting 30 minutes."""
+    start = time.monotonic()
+    result = run_cli("fit", "--config", QUICKSTART, *FAST, "--trainer.default_root_dir", str(tmp_path),
+                     "--trainer.accelerator", "cpu", "--trainer.devices", "2", "--trainer.strategy", "ddp",
+                     "--ddp_timeout", "10", "--trainer.max_steps", "6", "--test_after_fit", "false",
+                     "--trainer.callbacks+=tests.fault_injection.StallRank", "--trainer.callbacks.rank", "1",
+                     "--trainer.callbacks.at_step", "3", "--trainer.callbacks.seconds", "240",
+                     cwd=tmp_path)  # fmt: skip
+    elapsed = time.monotonic() - start
+    assert result.returncode != 0
+    assert elapsed < 120, elapsed
+    (line,) = error_lines(result.stderr)
+    assert line.startswith("error: a DDP process stopped answering") and "Timed out waiting 10000ms" in line, line

@@ -18,7 +18,7 @@ from torchmetrics import MeanMetric, MeanSquaredError
 from torchmetrics.classification import MulticlassAccuracy
 
 from lit_bioplaus import registry
-from lit_bioplaus.checkpointing import DivergenceError
+from lit_bioplaus.fault_tolerance import DivergenceError
 from lit_bioplaus.nn import MLP, TwoStreamNetwork
 
 NetworkFactory = Callable[[Sequence[int], int], TwoStreamNetwork]

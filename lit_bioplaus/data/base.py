@@ -243,6 +243,7 @@ class VisionDataModule(L.LightningDataModule, ABC):
         channels, height, width = type(self).input_shape
         self.input_shape = (channels, height + 2 * pad, width + 2 * pad)
         self._resume_batches = 0
+        self._resume_geometry: dict[str, int] | None = None
         self.train_set: InMemoryImageDataset | None = None
         self.val_set: InMemoryImageDataset | None = None
         self.test_set: InMemoryImageDataset | None = None
@@ -336,20 +337,48 @@ class VisionDataModule(L.LightningDataModule, ABC):
             shuffle=self.shuffle,
             seed=self.seed,
         )
+        self._check_resume_geometry()
         sampler.resume_from, self._resume_batches = self._resume_batches * self.batch_size, 0
         return self._dataloader(self.train_set, self.batch_size, sampler=sampler)
 
     def state_dict(self) -> dict[str, Any]:
         """Saved in checkpoints: how many training batches of the current epoch are done
-        (non-zero only for a checkpoint taken mid-epoch)."""
+        (non-zero only for a checkpoint taken mid-epoch), and the batch geometry they
+        were counted in (batch size, processes, training images)."""
         trainer = self.trainer
         if trainer is None or not trainer.training:
             return {}
         done = trainer.fit_loop.epoch_loop.batch_progress.current.processed
-        return {"train_batches_done": 0 if done >= trainer.num_training_batches else done}
+        return {
+            "train_batches_done": 0 if done >= trainer.num_training_batches else done,
+            "batch_geometry": self._batch_geometry(),
+        }
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self._resume_batches = int(state_dict.get("train_batches_done", 0))
+        self._resume_geometry = state_dict.get("batch_geometry")
+
+    def _batch_geometry(self) -> dict[str, int]:
+        trainer = self.trainer
+        return {
+            "batch_size": self.batch_size,
+            "processes": trainer.world_size if trainer else 1,
+            "training_images": len(self.train_set) if self.train_set is not None else 0,
+        }
+
+    def _check_resume_geometry(self) -> None:
+        """A mid-epoch resume skips the batches already done, counted in the checkpoint's
+        batch size, processes and training split: any of them changed would silently skip
+        other samples, so it is refused."""
+        saved = self._resume_geometry
+        if not self._resume_batches or saved is None or saved == self._batch_geometry():
+            return
+        now = self._batch_geometry()
+        changed = ", ".join(f"{key} {saved[key]} -> {now[key]}" for key in now if saved.get(key) != now[key])
+        raise ValueError(
+            f"cannot resume mid-epoch: the checkpoint stopped {self._resume_batches} batches into an epoch, "
+            f"but {changed}; resume with the same settings, or from an end-of-epoch checkpoint"
+        )
 
     def val_dataloader(self) -> DataLoader[tuple[Tensor, Tensor]]:
         return self._dataloader(self.val_set, self.eval_batch_size)

@@ -1,5 +1,5 @@
-"""Checkpoints that never replace a good file by a bad one, and a resumable checkpoint
-when the job is told to stop.
+"""Fault tolerance: checkpoints that never replace a good file by a bad one, a resumable
+checkpoint when the job is told to stop, and no process left behind when a run fails.
 
 * ``AtomicCheckpointIO``: every checkpoint is written to a temporary file in its own
   folder, flushed to disk and renamed over the old one, so a kill, a full disk or a
@@ -8,6 +8,9 @@ when the job is told to stop.
 * ``PreemptionCheckpoint``: on SIGTERM (a cluster's preemption, ``kill``), Lightning stops
   the loops; this callback then saves ``sigterm.ckpt``, from which ``fit --ckpt_path``
   resumes exactly, and the CLI exits with status 143 instead of 0.
+* ``StopPeersOnFailure``: when a DDP run fails (a peer stopped answering within the
+  collective timeout, an error on the main process), the other processes are stopped
+  too instead of running or hanging on (Lightning kills them on Ctrl-C / SIGTERM only).
 * ``DivergenceError``: what the rules raise when a loss or the weights stop being finite
   (``BioplausModule`` checks on the logging interval and before every save), so no
   non-finite checkpoint is ever written.
@@ -15,6 +18,7 @@ when the job is told to stop.
 
 from __future__ import annotations
 
+import signal
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +27,7 @@ import torch
 from fsspec.implementations.local import LocalFileSystem
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 from lightning.fabric.utilities.cloud_io import get_filesystem
+from lightning.pytorch.strategies.launchers.subprocess_script import _SubprocessScriptLauncher
 from lightning.pytorch.trainer.states import TrainerFn
 from lightning.pytorch.utilities import rank_zero_info
 from lightning.pytorch.utilities.exceptions import SIGTERMException
@@ -63,3 +68,12 @@ class PreemptionCheckpoint(L.Callback):
         self.path = Path(folder) / SIGTERM_CHECKPOINT
         trainer.save_checkpoint(self.path, weights_only=False)
         rank_zero_info(f"SIGTERM: saved {self.path}; resume with --ckpt_path {self.path}")
+
+
+class StopPeersOnFailure(L.Callback):
+    """On any failure of the process that launched the DDP processes, kill the others."""
+
+    def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
+        launcher = trainer.strategy.launcher
+        if isinstance(launcher, _SubprocessScriptLauncher) and launcher.procs:
+            launcher.kill(signal.SIGKILL)
