@@ -160,3 +160,17 @@ def test_trainer_flags_of_automatic_optimization_fail_in_one_line(flags, message
     with pytest.raises(SystemExit, match=message) as exit_info:
         main(["fit", "--config", QUICKSTART, *FAST, *flags])
     assert "\n" not in str(exit_info.value)
+
+
+def test_atomic_writes_get_the_usual_file_permissions(tmp_path):
+    import os
+    import stat
+
+    from lit_bioplaus.io import atomic_write_text
+
+    mask = os.umask(0o022)
+    try:
+        path = atomic_write_text(tmp_path / "manifest.json", "{}")
+    finally:
+        os.umask(mask)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o644

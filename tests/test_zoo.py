@@ -15,7 +15,6 @@ from safetensors.torch import load_file
 from lit_bioplaus import registry, zoo
 from lit_bioplaus.cli import main
 from lit_bioplaus.data import Digits
-from lit_bioplaus.publish import publish
 
 PUBLISHED = zoo.list_models()
 
@@ -108,17 +107,6 @@ def test_zoo_is_a_parser_argument_and_later_arguments_override_its_recipe(capsys
     with pytest.raises(SystemExit):
         main(["--zoo", "resnet9000"], run=False)
     assert "unknown zoo entry 'resnet9000'" in capsys.readouterr().err
-
-
-def test_publish_round_trip(tmp_zoo):
-    model = zoo.load_pretrained("bp_mlp128_digits")
-    entry = zoo.get_weights("bp_mlp128_digits")
-    republished = publish("copy", model, entry.model, entry.recipe, Digits(), {"test/acc": 0.5})
-    assert republished.num_params == entry.num_params
-    assert republished.preprocessing == entry.preprocessing and republished.categories == entry.categories
-    assert zoo.get_weights("copy").sha256 == registry.sha256_of(tmp_zoo / "copy.safetensors")
-    for name, tensor in zoo.load_pretrained("copy").state_dict().items():
-        torch.testing.assert_close(model.state_dict()[name], tensor)
 
 
 @pytest.fixture
