@@ -10,10 +10,10 @@ optimizers themselves); ``--trainer.accumulate_grad_batches`` is refused in one 
 from __future__ import annotations
 
 import argparse
-import importlib
 import inspect
 import itertools
 import os
+import pickle
 import sys
 from collections.abc import Sequence
 from datetime import timedelta
@@ -22,8 +22,10 @@ from typing import Any
 
 import torch
 import yaml
+from fsspec.implementations.local import LocalFileSystem
 from jsonargparse import ActionConfigFile, Namespace
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
+from lightning.fabric.utilities.cloud_io import get_filesystem
 from lightning.pytorch import Trainer
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
@@ -97,6 +99,12 @@ class BioplausCLI(LightningCLI):
         """Trainer flags that assume automatic optimization: the clip becomes the
         module's, gradient accumulation is refused (one line each, before training)."""
         config = self.config[self.subcommand] if self.subcommand else self.config
+        zoo = config.get("zoo")
+        if zoo is not None and config.model.init_args.get("pretrained") != zoo:
+            raise SystemExit(
+                f"error: `zoo: {zoo}` in a config file does nothing: give --zoo {zoo} on the command line "
+                f"(or model.init_args.pretrained: {zoo} and the recipe's settings)"
+            )
         move_gradient_clip(config)
         if (config.trainer.get("accumulate_grad_batches") or 1) != 1:
             raise SystemExit(
@@ -106,46 +114,43 @@ class BioplausCLI(LightningCLI):
 
     def _parse_ckpt_path(self) -> None:
         """``--ckpt_path``: the config (with every explicit override) stays the model's; the
-        checkpoint must come from the same rule, and where its hyper-parameters differ
-        from the config's, that is said (Lightning would silently take the checkpoint's)."""
+        checkpoint must come from the same rule and network, and where its other
+        hyper-parameters differ from the config's, that is said (Lightning would silently
+        take the checkpoint's). Remote and ``last`` / ``best`` / ``registry`` paths are
+        left to Lightning."""
         if not self.config.get("subcommand"):
             return
         config = self.config[self.config.subcommand]
         path = config.get("ckpt_path")
-        if not path or path in ("last", "best", "hpc", "registry"):
+        if not path or str(path).startswith(("last", "best", "hpc", "registry")):
+            return
+        if not isinstance(get_filesystem(path), LocalFileSystem):
             return
         if not Path(path).is_file():
             raise SystemExit(f"error: --ckpt_path {path}: no such file")
+        weights_only = config.get("weights_only") is not False
         try:
-            saved = torch.load(path, weights_only=True, map_location="cpu").get("hyper_parameters", {})
-        except Exception:  # any reason a file is not a readable checkpoint
+            saved = torch.load(path, weights_only=weights_only, map_location="cpu").get("hyper_parameters", {})
+        except pickle.UnpicklingError:
+            hint = " (if you trust it and it holds Python objects: --weights_only false)" if weights_only else ""
+            raise SystemExit(f"error: cannot read checkpoint {path} safely{hint}") from None
+        except Exception:  # any other reason a file is not a readable checkpoint
             raise SystemExit(
                 f"error: cannot read checkpoint {path}: it is corrupt, truncated or not a PyTorch checkpoint"
             ) from None
-        rule, configured = saved.get("_class_path"), config.model.class_path
-        if rule is not None and import_object(rule) is not import_object(configured):
-            raise SystemExit(
-                f"error: checkpoint {path} was trained by {rule}, but the config's model is {configured}: "
-                f"use that rule's config (or --model {rule})"
-            )
-        differences = [
-            f"{key} (checkpoint {saved[key]!r}, config {value!r})"
-            for key, value in config.model.init_args.items()
-            if key in saved and key not in LINKED and not isinstance(value, Namespace) and saved[key] != value
-        ]
-        if differences:
-            rank_zero_info(f"--ckpt_path {path}: keeping the config's {', '.join(differences)}")
+        check_checkpoint_matches(path, saved, config.model)
 
     def instantiate_trainer(self, **kwargs: Any) -> Trainer:
         """The trainer, with atomic checkpoint writes, a resumable checkpoint on SIGTERM
-        (see ``lit_bioplaus.fault_tolerance``) and, for ``--trainer.strategy ddp``, the
-        collective timeout of ``--ddp_timeout``."""
+        (see ``lit_bioplaus.fault_tolerance``) and the DDP collective timeout
+        (``--ddp_timeout``, default by device: see ``ddp_timeout``)."""
         config = self.config[self.subcommand] if self.subcommand else self.config
-        if config.trainer.get("strategy") == "ddp":
-            cpu = config.trainer.get("accelerator") == "cpu"
-            seconds = config.get("ddp_timeout") or (CPU_DDP_TIMEOUT_S if cpu else GPU_DDP_TIMEOUT_S)
-            kwargs.setdefault("strategy", DDPStrategy(timeout=timedelta(seconds=seconds)))
         trainer = super().instantiate_trainer(**kwargs)
+        if isinstance(trainer.strategy, DDPStrategy):
+            # read when the process group is created, at the start of fit / test
+            trainer.strategy._timeout = timedelta(seconds=ddp_timeout(config, trainer))
+        elif config.get("ddp_timeout") is not None:
+            raise SystemExit(f"error: --ddp_timeout applies to DDP strategies, not {type(trainer.strategy).__name__}")
         if type(trainer.strategy.checkpoint_io) is TorchCheckpointIO:
             trainer.strategy.checkpoint_io = AtomicCheckpointIO()
         trainer.callbacks += [PreemptionCheckpoint(), StopPeersOnFailure()]
@@ -213,10 +218,58 @@ def signature_default(cls: type, name: str) -> Any:
     return None
 
 
-def import_object(path: str) -> Any:
-    """The object a dotted ``class_path`` names."""
-    module, _, name = path.rpartition(".")
-    return getattr(importlib.import_module(module), name)
+def loaded_object(class_path: str) -> Any:
+    """What ``class_path`` names among the modules already imported (importing nothing:
+    a checkpoint's class path is not trusted to choose code to import)."""
+    module_name, _, attribute = class_path.rpartition(".")
+    return getattr(sys.modules.get(module_name), attribute, None)
+
+
+def check_checkpoint_matches(path: str, saved: dict[str, Any], model: Namespace) -> None:
+    """Refuse a checkpoint of another rule or network than the config's model; say which
+    other hyper-parameters differ (the config's are kept).
+
+    Raises:
+        SystemExit: the rule or the network differs.
+    """
+    rule = saved.get("_class_path")
+    if rule is not None and (loaded_object(rule) is None or loaded_object(rule) is not loaded_object(model.class_path)):
+        raise SystemExit(
+            f"error: checkpoint {path} was trained by {rule}, but the config's model is {model.class_path}: "
+            "use that rule's config"
+        )
+    configured = _leaves(model.init_args.as_dict())
+    recorded = _leaves({key: value for key, value in saved.items() if not key.startswith("_")})
+    skipped = (*LINKED, "pretrained")
+    differences = {
+        key: (recorded[key], value)
+        for key, value in configured.items()
+        if key in recorded and key.split(".")[0] not in skipped and recorded[key] != value
+    }
+    network = {key: pair for key, pair in differences.items() if key.split(".")[0] == "network"}
+    if network:
+        listed = ", ".join(f"{key} {old!r} (config {new!r})" for key, (old, new) in network.items())
+        raise SystemExit(f"error: checkpoint {path} was trained with another network: {listed}")
+    if differences:
+        listed = ", ".join(f"{key} (checkpoint {old!r}, config {new!r})" for key, (old, new) in differences.items())
+        rank_zero_info(f"--ckpt_path {path}: keeping the config's {listed}")
+
+
+def _leaves(value: Any, prefix: str = "") -> dict[str, Any]:
+    """Nested hyper-parameters as ``{"a.b.c": leaf}``, tuples as lists (as the config holds them)."""
+    if isinstance(value, Namespace):
+        value = value.as_dict()
+    if isinstance(value, dict):
+        return {k: v for key, item in value.items() for k, v in _leaves(item, f"{prefix}{key}.").items()}
+    return {prefix.rstrip("."): list(value) if isinstance(value, tuple) else value}
+
+
+def ddp_timeout(config: Namespace, trainer: Trainer) -> float:
+    """Seconds of the DDP collective timeout: ``--ddp_timeout``, else ``CPU_DDP_TIMEOUT_S``
+    on CPU and ``GPU_DDP_TIMEOUT_S`` on accelerators."""
+    if config.get("ddp_timeout") is not None:
+        return float(config.ddp_timeout)
+    return CPU_DDP_TIMEOUT_S if trainer.strategy.root_device.type == "cpu" else GPU_DDP_TIMEOUT_S
 
 
 def move_gradient_clip(config: Namespace) -> None:
@@ -227,7 +280,8 @@ def move_gradient_clip(config: Namespace) -> None:
         SystemExit: the two disagree, or the trainer asks to clip by value.
     """
     clip = config.trainer.get("gradient_clip_val")
-    if clip is None:
+    if not clip:  # None, or 0: Lightning's "no clipping"
+        config.trainer.gradient_clip_val = None
         return
     if config.trainer.get("gradient_clip_algorithm") not in (None, "norm"):
         raise SystemExit(

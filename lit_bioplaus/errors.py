@@ -2,9 +2,10 @@
 jsonargparse, Lightning and PyTorch (``lit_bioplaus.cli.cli_main`` prints it).
 
 ``explain`` looks through the exception and its causes, innermost first, for a failure it
-knows: the library's own validation and data / zoo / divergence errors, Lightning's
-configuration errors, running out of memory, and checkpoints that cannot be read or do not
-fit the model. Anything else (a bug) returns None and keeps its traceback.
+knows: the library's own validation (``ValueError`` raised by its code), its data / zoo /
+divergence errors, Lightning's configuration errors, running out of memory, a DDP peer that
+stopped answering, and checkpoints that cannot be read or do not fit the model. Anything
+else (a bug) returns None and keeps its traceback.
 """
 
 from __future__ import annotations
@@ -84,8 +85,8 @@ def explain(error: BaseException) -> str | None:
                 f"a DDP process stopped answering ({first_line(cause)}): it crashed, hangs or is far slower "
                 "than the others (see its output); --ddp_timeout sets how long the others wait"
             )
-        if isinstance(cause, (ValueError, TypeError, KeyError, RuntimeError)) and raised_in(cause, PACKAGE_DIR):
-            return str(cause)
+        if isinstance(cause, ValueError) and raised_in(cause, PACKAGE_DIR) and str(cause).strip():
+            return str(cause)  # the library's own validation (a ``raise ValueError`` in its code)
     for cause in chain:
         path = checkpoint_path(cause)
         if path is not None and in_function(cause, os_path("torch/serialization.py"), "load"):

@@ -29,10 +29,10 @@ from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 from lightning.fabric.utilities.cloud_io import get_filesystem
 from lightning.pytorch.strategies.launchers.subprocess_script import _SubprocessScriptLauncher
 from lightning.pytorch.trainer.states import TrainerFn
-from lightning.pytorch.utilities import rank_zero_info
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
-from lit_bioplaus.io import atomic_write
+from lit_bioplaus.io import atomic_write, stale_temporaries
 
 SIGTERM_CHECKPOINT = "sigterm.ckpt"
 SIGTERM_EXIT_STATUS = 143  # 128 + SIGTERM, what a shell reports for a job killed by it
@@ -50,6 +50,8 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         if storage_options is not None or not isinstance(get_filesystem(path), LocalFileSystem):
             super().save_checkpoint(checkpoint, path, storage_options)
             return
+        for stale in stale_temporaries(path):  # left by a run killed mid-save
+            stale.unlink(missing_ok=True)
         atomic_write(path, lambda temporary: torch.save(checkpoint, temporary))
 
 
@@ -65,9 +67,14 @@ class PreemptionCheckpoint(L.Callback):
             return
         callback = trainer.checkpoint_callback
         folder = getattr(callback, "dirpath", None) or trainer.default_root_dir
-        self.path = Path(folder) / SIGTERM_CHECKPOINT
-        trainer.save_checkpoint(self.path, weights_only=False)
-        rank_zero_info(f"SIGTERM: saved {self.path}; resume with --ckpt_path {self.path}")
+        path = Path(folder) / SIGTERM_CHECKPOINT
+        try:
+            trainer.save_checkpoint(path, weights_only=False)
+        except Exception as err:  # keep the other on_exception hooks running (StopPeersOnFailure)
+            rank_zero_warn(f"SIGTERM: no checkpoint saved ({err})")
+            return
+        self.path = path
+        rank_zero_info(f"SIGTERM: saved {path}; resume with --ckpt_path {path}")
 
 
 class StopPeersOnFailure(L.Callback):

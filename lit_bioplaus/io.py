@@ -4,7 +4,7 @@ good one was: a temporary file in the same folder, flushed to disk, then renamed
 from __future__ import annotations
 
 import os
-import tempfile
+import secrets
 from collections.abc import Callable
 from pathlib import Path
 
@@ -13,28 +13,53 @@ from torch import Tensor
 
 
 def atomic_write(path: str | Path, write: Callable[[Path], None]) -> Path:
-    """Call ``write(temporary_path)``, fsync the result and rename it to ``path``."""
+    """Call ``write(temporary_path)``, fsync the result, rename it to ``path`` and fsync
+    the folder (so the rename survives a power cut). The temporary file
+    (``.<name>.<random>.tmp`` beside ``path``) gets the usual permissions (``0o666`` less
+    the umask) and is removed if anything fails; only a kill can leave one behind
+    (``stale_temporaries`` finds those)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(handle)
-    os.chmod(temporary, 0o666 & ~_umask())  # mkstemp makes it private; a plain open() would not
+    temporary = _create_temporary(path)
     try:
-        write(Path(temporary))
+        write(temporary)
         with open(temporary, "rb+") as f:
             os.fsync(f.fileno())
         os.replace(temporary, path)
     except BaseException:
-        Path(temporary).unlink(missing_ok=True)
+        temporary.unlink(missing_ok=True)
         raise
+    _fsync_folder(path.parent)
     return path
 
 
-def _umask() -> int:
-    """The process's file-creation mask (reading it means setting it: set it back)."""
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
+def stale_temporaries(path: str | Path) -> list[Path]:
+    """Temporary files ``atomic_write`` left beside ``path`` when a process was killed."""
+    path = Path(path)
+    return sorted(path.parent.glob(f".{path.name}.*.tmp"))
+
+
+def _create_temporary(path: Path) -> Path:
+    while True:
+        temporary = path.with_name(f".{path.name}.{secrets.token_hex(6)}.tmp")
+        try:
+            os.close(os.open(temporary, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666))  # the umask applies
+            return temporary
+        except FileExistsError:
+            continue
+
+
+def _fsync_folder(folder: Path) -> None:
+    try:
+        handle = os.open(folder, os.O_RDONLY)
+    except OSError:  # a platform or file system that cannot open folders
+        return
+    try:
+        os.fsync(handle)
+    except OSError:
+        pass
+    finally:
+        os.close(handle)
 
 
 def atomic_save_file(tensors: dict[str, Tensor], path: str | Path, metadata: dict[str, str] | None = None) -> Path:

@@ -49,8 +49,9 @@ from safetensors.torch import save
 from torch import Tensor
 
 from lit_bioplaus.algorithms import BioplausModule
-from lit_bioplaus.cli import main
+from lit_bioplaus.cli import loaded_object, main
 from lit_bioplaus.data import VisionDataModule
+from lit_bioplaus.errors import explain, first_line
 from lit_bioplaus.io import atomic_write, atomic_write_text
 from lit_bioplaus.registry import DEFAULT_URL, Weights, sha256_of, zoo_dir
 
@@ -228,17 +229,10 @@ def read_checkpoint(ckpt: str) -> dict[str, Any]:
             "weights-only loading refuses"
         ) from None
     except Exception as err:  # a missing, truncated or corrupt file
-        first_line = (str(err).strip().splitlines() or [type(err).__name__])[0]
-        raise PublishError(f"cannot read checkpoint {ckpt}: {first_line}") from None
+        raise PublishError(f"cannot read checkpoint {ckpt}: {first_line(err)}") from None
     if not isinstance(checkpoint, dict) or not isinstance(checkpoint.get("state_dict"), dict):
         raise PublishError(f"{ckpt} is not a Lightning checkpoint (it has no state_dict)")
     return checkpoint
-
-
-def loaded_object(class_path: str) -> Any:
-    """What ``class_path`` names among the modules already imported (importing nothing)."""
-    module_name, _, attribute = class_path.rpartition(".")
-    return getattr(sys.modules.get(module_name), attribute, None)
 
 
 def check_module_class(checkpoint: Mapping[str, Any], model: BioplausModule, ckpt: str, recipe: str) -> None:
@@ -311,10 +305,11 @@ def _main(argv: Sequence[str] | None = None) -> None:
     args, extra = parser.parse_known_args(argv)
     try:
         entry = publish_from_checkpoint(args.name, args.config, args.ckpt, extra, overwrite=args.overwrite)
-    except (PublishError, OSError) as err:
-        if os.environ.get("LIT_BIOPLAUS_DEBUG"):
+    except Exception as err:
+        message = str(err) if isinstance(err, (PublishError, OSError)) else explain(err)
+        if message is None or os.environ.get("LIT_BIOPLAUS_DEBUG"):
             raise
-        print(f"error: {err}", file=sys.stderr)
+        print(f"error: {message}", file=sys.stderr)
         raise SystemExit(1) from None
     print(json.dumps({k: v for k, v in entry.to_manifest().items() if k != "model"}, indent=2))
 

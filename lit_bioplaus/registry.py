@@ -23,8 +23,10 @@ Where things come from:
 from __future__ import annotations
 
 import hashlib
+import http.client
 import json
 import os
+import re
 import urllib.error
 import urllib.request
 from dataclasses import dataclass, field
@@ -96,8 +98,21 @@ def manifest_path() -> Path:
 
 
 def read_manifest() -> dict[str, dict[str, Any]]:
+    """The manifest in use, ``{}`` if there is none.
+
+    Raises:
+        ZooIntegrityError: it is not a JSON object (damaged, truncated).
+    """
     path = manifest_path()
-    return json.loads(path.read_text()) if path.is_file() else {}
+    if not path.is_file():
+        return {}
+    try:
+        manifest = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise ZooIntegrityError(f"the zoo manifest {path} is damaged ({err}): restore it") from None
+    if not isinstance(manifest, dict):
+        raise ZooIntegrityError(f"the zoo manifest {path} is not a JSON object: restore it")
+    return manifest
 
 
 @dataclass(frozen=True)
@@ -133,11 +148,23 @@ class Weights:
 
     @classmethod
     def from_manifest(cls, name: str, entry: dict[str, Any]) -> Weights:
+        """The entry ``name`` of the manifest.
+
+        Raises:
+            ZooIntegrityError: unknown or missing fields, or a file name that is not a plain
+                name in the zoo folder (no ``/``, ``..``).
+        """
         entry = dict(entry)
         for key in ("input_shape", "categories"):
             if key in entry:
                 entry[key] = tuple(entry[key])
-        return cls(name=name, **entry)
+        try:
+            weights = cls(name=name, **entry)
+        except TypeError as err:
+            raise ZooIntegrityError(f"zoo entry {name!r} of {manifest_path()} is malformed: {err}") from None
+        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*\.safetensors", weights.file) or ".." in weights.file:
+            raise ZooIntegrityError(f"zoo entry {name!r} names the file {weights.file!r}: not a plain file name")
+        return weights
 
     def to_manifest(self) -> dict[str, Any]:
         """The manifest entry (JSON types, without the name, which is its key)."""
@@ -183,7 +210,7 @@ class Weights:
             if sha256_of(cached) == self.sha256:
                 return cached
             rank_zero_warn(f"zoo entry {self.name!r}: the cached {cached} is corrupted; downloading it again")
-            cached.unlink()
+            cached.unlink(missing_ok=True)  # another DDP process may have been first
         if not self.download_url:
             raise ZooIntegrityError(f"zoo entry {self.name!r}: weights file {self.file} is missing and has no URL")
         return self._download(cached)
@@ -208,7 +235,7 @@ class Weights:
                     for block in iter(lambda: response.read(1 << 20), b""):
                         digest.update(block)
                         f.write(block)
-            except (urllib.error.URLError, OSError, ValueError) as err:
+            except (urllib.error.URLError, http.client.HTTPException, OSError, ValueError) as err:
                 reason = getattr(err, "reason", err)
                 raise ZooDownloadError(
                     f"zoo entry {self.name!r}: could not download {url} ({reason}); put {self.file} in "

@@ -143,8 +143,9 @@ def test_trainer_gradient_clip_becomes_the_modules_clip(tmp_path):
 
     by_trainer = first_step("--trainer.gradient_clip_val", "0.01")
     by_model = first_step("--model.init_args.gradient_clip_val", "0.01")
-    unclipped = first_step()
+    unclipped = first_step()  # as with Lightning's 0: no clipping
     assert all(torch.equal(by_trainer[k], by_model[k]) for k in by_model)
+    assert all(torch.equal(first_step("--trainer.gradient_clip_val", "0")[k], unclipped[k]) for k in unclipped)
     assert not all(torch.equal(by_trainer[k], unclipped[k]) for k in unclipped)
 
 

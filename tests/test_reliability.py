@@ -19,6 +19,7 @@ import torch
 from lit_bioplaus import CounterHebb, DirectFeedbackAlignment, FeedbackAlignment, fault_tolerance
 from lit_bioplaus.cli import cli_main, main
 from lit_bioplaus.fault_tolerance import SIGTERM_CHECKPOINT, SIGTERM_EXIT_STATUS, AtomicCheckpointIO
+from lit_bioplaus.io import stale_temporaries
 from lit_bioplaus.nn import MLP
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -93,6 +94,9 @@ def test_a_kill_during_a_save_never_leaves_the_checkpoint_unloadable(folder, tmp
         process.send_signal(signal.SIGKILL)
         process.wait(timeout=30)
         assert torch.load(path, weights_only=True)["step"] == 1
+        assert len(stale_temporaries(path)) == 1  # the killed save's half-written file
+        AtomicCheckpointIO().save_checkpoint({"step": torch.tensor(3)}, path)  # the next save clears it
+        assert not stale_temporaries(path) and torch.load(path, weights_only=True)["step"] == 3
     finally:
         if folder == "other file system":
             for file in directory.glob("*"):
@@ -176,6 +180,8 @@ def checkpoint_of_counter_hebb(tmp_path):
         (["--model.init_args.num_classes", "5"], "error: --model.init_args.num_classes 5 disagrees with the data"),
         (["--model", "lit_bioplaus.CounterHebb", "--model.init_args.network.init_args.activation", "tanh"],
          "error: CounterHebb gates its top-down pass with ReLU (GaLU), which is not the derivative of tanh"),
+        (["--ddp_timeout", "5"], "error: --ddp_timeout applies to DDP strategies, not SingleDeviceStrategy"),
+        (["--config", "ZOO_IN_FILE"], "error: `zoo: bp_mlp128_digits` in a config file does nothing"),
         (["--ckpt_path", "CORRUPT"], "error: cannot read checkpoint"),
         (["--ckpt_path", "MISSING"], "error: --ckpt_path"),
         (["--ckpt_path", "COUNTER_HEBB"], "was trained by lit_bioplaus.algorithms.CounterHebb, but the config's model"),
@@ -184,6 +190,8 @@ def checkpoint_of_counter_hebb(tmp_path):
 def test_bad_input_is_one_error_line(arguments, expected, tmp_path, capsys, request):
     substitutes = {"CORRUPT": tmp_path / "corrupt.ckpt", "MISSING": tmp_path / "missing.ckpt"}
     substitutes["CORRUPT"].write_bytes(b"\x80\x04not a checkpoint at all")
+    substitutes["ZOO_IN_FILE"] = tmp_path / "zoo.yaml"
+    substitutes["ZOO_IN_FILE"].write_text("zoo: bp_mlp128_digits\n")
     if "COUNTER_HEBB" in arguments:
         substitutes["COUNTER_HEBB"] = request.getfixturevalue("checkpoint_of_counter_hebb")
     arguments = [str(substitutes.get(argument, argument)) for argument in arguments]

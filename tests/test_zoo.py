@@ -232,6 +232,11 @@ print("acc", cli.trainer.test(cli.model, datamodule=cli.datamodule, verbose=Fals
     assert "cached ['bp_mlp128_digits.safetensors']" in run.stdout
     accuracy = float(run.stdout.split("acc ")[1].split()[0])
     assert accuracy == pytest.approx(zoo.get_weights("bp_mlp128_digits").metrics["test/acc"], abs=2e-6)
+    command = [sys.executable, "-m", "lit_bioplaus", "test", "--zoo", "bp_mlp128_digits", "--trainer.logger", "false",
+               "--trainer.enable_progress_bar", "false"]  # fmt: skip
+    console = subprocess.run(command, cwd=tmp_path, env=environment, capture_output=True, text=True)
+    assert console.returncode == 0, console.stderr[-3000:]
+    assert f"{accuracy:.6f}"[:6] in console.stdout  # the metrics table of `lit-bioplaus test --zoo`
 
 
 def test_fit_trains_a_module_loaded_for_inference_in_train_mode(tmp_path):

@@ -160,7 +160,7 @@ class BioplausModule(L.LightningModule):
         )
         self.train_metric, self.val_metric, self.test_metric = metric(), metric(), metric()
         self.metric_name = "acc" if task == "classification" else "mse"
-        # No NaN check: it would cost a host-device sync per step, and a NaN loss should show.
+        # NaN checks run on the logging interval, not per step (a host-device sync each).
         self.train_loss = MeanMetric(nan_strategy="disable")
         if pretrained is not None:
             self.load_zoo_weights(pretrained)
@@ -269,19 +269,34 @@ class BioplausModule(L.LightningModule):
             self.log("train/loss_step", loss, prog_bar=True)
 
     def check_finite(self, value: Tensor, what: str) -> None:
-        """Stop training (``DivergenceError``) if ``value`` has a NaN or an infinity: one
-        host-device sync, so called on the logging interval, at epoch end and before
-        every checkpoint, not every step."""
-        if not bool(torch.isfinite(value).all()):
-            raise DivergenceError(
-                f"training diverged at step {self.global_step} (epoch {self.current_epoch}): {what} is not finite; "
-                "nothing was saved from this point on (lower the learning rate, or clip with gradient_clip_val)"
-            )
+        """Stop training (``DivergenceError``) if ``value`` has a NaN or an infinity on any
+        DDP process (every process stops, not only the one that diverged): one host-device
+        sync, so called on the logging interval, at epoch end and before every checkpoint,
+        not every step."""
+        if not self._on_every_process(bool(torch.isfinite(value).all())):
+            self._diverged(what)
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        """A checkpoint of non-finite weights is never written (it could replace a good one)."""
-        for name, param in self.named_parameters():
-            self.check_finite(param.detach(), f"parameter {name}")
+        """A checkpoint of non-finite weights or buffers is never written (it could
+        replace a good one): one check over the whole state, then the culprit is named."""
+        state = {name: t for name, t in self.state_dict().items() if t.is_floating_point()}
+        finite = not state or bool(torch.stack([t.isfinite().all() for t in state.values()]).all())
+        if not self._on_every_process(finite):
+            culprit = next((name for name, t in state.items() if not bool(t.isfinite().all())), None)
+            self._diverged(f"parameter {culprit}" if culprit else "the state of another DDP process")
+
+    def _on_every_process(self, flag: bool) -> bool:
+        """``flag`` and-ed over the DDP processes (a collective: every process calls it)."""
+        trainer = self._trainer
+        if trainer is None or trainer.world_size == 1:
+            return flag
+        return trainer.strategy.reduce_boolean_decision(flag, all=True)
+
+    def _diverged(self, what: str) -> None:
+        raise DivergenceError(
+            f"training diverged at step {self.global_step} (epoch {self.current_epoch}): {what} is not finite; "
+            "nothing was saved from this point on (lower the learning rate, or clip with gradient_clip_val)"
+        )
 
     def on_train_epoch_end(self) -> None:
         epoch_loss = self.train_loss.compute()

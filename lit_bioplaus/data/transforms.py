@@ -33,8 +33,8 @@ class ImagePreprocessing(nn.Module):
         if pad < 0:
             raise ValueError(f"pad must be non-negative, got {pad}")
         self.mean, self.std, self.pad = tuple(float(m) for m in mean), tuple(float(s) for s in std), int(pad)
-        self._mean = torch.tensor(self.mean).view(-1, 1, 1)
-        self._std = torch.tensor(self.std).view(-1, 1, 1)
+        self.register_buffer("_mean", torch.tensor(self.mean).view(-1, 1, 1), persistent=False)
+        self.register_buffer("_std", torch.tensor(self.std).view(-1, 1, 1), persistent=False)
 
     def pad_images(self, images: Tensor) -> Tensor:
         """Zero padding only (any dtype): ``(..., H, W) -> (..., H + 2 pad, W + 2 pad)``."""
@@ -44,6 +44,8 @@ class ImagePreprocessing(nn.Module):
         """Scaling and normalisation only: uint8 is divided by 255 first."""
         if images.shape[-3] != len(self.mean):
             raise ValueError(f"expected {len(self.mean)}-channel images, got shape {tuple(images.shape)}")
+        if not (images.dtype == torch.uint8 or images.is_floating_point()):
+            raise ValueError(f"images must be uint8 (0..255) or floating point in [0, 1], got {images.dtype}")
         x = images.float().div_(255) if images.dtype == torch.uint8 else images.to(torch.float32, copy=True)
         return x.sub_(self._mean.to(x.device)).div_(self._std.to(x.device))
 
