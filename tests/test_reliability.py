@@ -228,3 +228,45 @@ def test_a_stalled_ddp_peer_ends_the_run_within_the_timeout(tmp_path):
     assert elapsed < 120, elapsed
     (line,) = error_lines(result.stderr)
     assert line.startswith("error: a DDP process stopped answering") and "Timed out waiting 10000ms" in line, line
+
+
+def test_a_checkpoint_of_another_network_is_refused(checkpoint_of_counter_hebb, tmp_path, capsys):
+    config = str(ROOT / "configs" / "quickstart_ch.yaml")
+    with pytest.raises(SystemExit) as exit_info:
+        cli_main(["test", "--config", config, *FAST, "--trainer.default_root_dir", str(tmp_path),
+                  "--model.init_args.network.init_args.hidden", "[64]", "--ckpt_path",
+                  str(checkpoint_of_counter_hebb)])  # fmt: skip
+    (line,) = error_lines(str(exit_info.value.code))
+    assert line.endswith("was trained with another network: network.init_args.hidden [128] (config [64])")
+
+
+def test_without_a_validation_split_the_recipe_still_keeps_last(tmp_path):
+    main(["fit", "--config", QUICKSTART, *FAST, "--trainer.max_epochs", "1", "--data.init_args.val_fraction", "0",
+          "--test_after_fit", "false", "--trainer.default_root_dir", str(tmp_path)])  # fmt: skip
+    assert (tmp_path / "checkpoints" / "last.ckpt").is_file()
+
+
+def test_negative_warm_up_is_refused_in_one_line(tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        cli_main(["fit", "--config", str(ROOT / "configs" / "quickstart_ccl.yaml"), *FAST,
+                  "--model.init_args.warmup_steps", "-5"])  # fmt: skip
+    assert error_lines(capsys.readouterr().err) == ["error: warmup_steps must be in [0, inf], got -5"]
+
+
+def test_out_of_memory_and_corrupt_data_are_explained():
+    from lit_bioplaus.data import DatasetCorruptError
+    from lit_bioplaus.errors import explain
+
+    try:
+        try:
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        except torch.OutOfMemoryError as inner:
+            raise RuntimeError("while training") from inner
+    except RuntimeError as err:
+        assert explain(err) == (
+            "out of memory (CUDA out of memory. Tried to allocate 2.00 GiB): lower --data.batch_size "
+            "(and --data.eval_batch_size)"
+        )
+    corrupt = DatasetCorruptError("data/train-images-idx3-ubyte", "bad magic number 1234")
+    assert explain(corrupt) == str(corrupt) and "bad magic number 1234" in str(corrupt)
+    assert explain(RuntimeError("mat1 and mat2 shapes cannot be multiplied")) is None  # a bug keeps its traceback
