@@ -95,10 +95,15 @@ class BioplausCLI(LightningCLI):
             f"failing (default {CPU_DDP_TIMEOUT_S:.0f} on CPU, Lightning's {GPU_DDP_TIMEOUT_S:.0f} otherwise)",
         )
 
+    @property
+    def subcommand_config(self) -> Namespace:
+        """The parsed config of the subcommand being run (the whole config without one)."""
+        return self.config[self.subcommand] if self.subcommand else self.config
+
     def before_instantiate_classes(self) -> None:
         """Trainer flags that assume automatic optimization: the clip becomes the
         module's, gradient accumulation is refused (one line each, before training)."""
-        config = self.config[self.subcommand] if self.subcommand else self.config
+        config = self.subcommand_config
         zoo = config.get("zoo")
         if zoo is not None and config.model.init_args.get("pretrained") != zoo:
             raise SystemExit(
@@ -144,7 +149,7 @@ class BioplausCLI(LightningCLI):
         """The trainer, with atomic checkpoint writes, a resumable checkpoint on SIGTERM
         (see ``lit_bioplaus.fault_tolerance``) and the DDP collective timeout
         (``--ddp_timeout``, default by device: see ``ddp_timeout``)."""
-        config = self.config[self.subcommand] if self.subcommand else self.config
+        config = self.subcommand_config
         trainer = super().instantiate_trainer(**kwargs)
         if isinstance(trainer.strategy, DDPStrategy):
             # read when the process group is created, at the start of fit / test
@@ -160,7 +165,7 @@ class BioplausCLI(LightningCLI):
         """Linked options given explicitly must agree with the data; W&B without
         credentials stops here in one line, before any run is created."""
         super().after_instantiate_classes()
-        config = self.config[self.subcommand] if self.subcommand else self.config
+        config = self.subcommand_config
         check_linked_options(config, self.model)
         check_wandb_ready(self.trainer.loggers)
 

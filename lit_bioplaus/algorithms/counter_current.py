@@ -83,11 +83,15 @@ class CounterCurrent(BioplausModule):
         target_filter: float | None = None,
         **kwargs: Any,
     ) -> None:
-        super().__init__(network=network, optimizer=optimizer, lr_scheduler=lr_scheduler, **kwargs)
-        self.gradient_clip_val = gradient_clip_val
+        super().__init__(
+            network=network,
+            optimizer=optimizer,
+            lr_scheduler=lr_scheduler,
+            gradient_clip_val=gradient_clip_val,
+            **kwargs,
+        )
         if similarity not in ("dot", "cosine"):
             raise ValueError(f"similarity must be 'dot' or 'cosine', got {similarity!r}")
-        check_range("gradient_clip_val", gradient_clip_val, low=0, open_low=True)
         check_range("warmup_steps", warmup_steps, low=0)
         check_range("similarity_scale", similarity_scale, low=0, open_low=True)
         check_range("anti_collapse_scale", anti_collapse_scale, low=0)

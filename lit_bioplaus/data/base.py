@@ -132,6 +132,19 @@ def split_indices(n: int, fraction: float, seed: int) -> tuple[Tensor, Tensor]:
     return permutation[n_held_out:], permutation[:n_held_out]
 
 
+def check_loader_options(batch_size: int, eval_batch_size: int | None, num_workers: int, pad: int) -> None:
+    """Refuse batch sizes below 1, negative worker counts and negative padding (one
+    ``ValueError`` naming the option)."""
+    if pad < 0:
+        raise ValueError(f"pad must be non-negative, got {pad}")
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be positive, got {batch_size}")
+    if eval_batch_size is not None and eval_batch_size < 1:
+        raise ValueError(f"eval_batch_size must be positive, got {eval_batch_size}")
+    if num_workers < 0:
+        raise ValueError(f"num_workers must be non-negative, got {num_workers}")
+
+
 class VisionDataModule(L.LightningDataModule, ABC):
     """Base class of the image-classification DataModules.
 
@@ -217,14 +230,7 @@ class VisionDataModule(L.LightningDataModule, ABC):
         download_timeout: float = DEFAULT_DOWNLOAD_TIMEOUT,
     ) -> None:
         super().__init__()
-        if pad < 0:
-            raise ValueError(f"pad must be non-negative, got {pad}")
-        if batch_size < 1:
-            raise ValueError(f"batch_size must be positive, got {batch_size}")
-        if eval_batch_size is not None and eval_batch_size < 1:
-            raise ValueError(f"eval_batch_size must be positive, got {eval_batch_size}")
-        if num_workers < 0:
-            raise ValueError(f"num_workers must be non-negative, got {num_workers}")
+        check_loader_options(batch_size, eval_batch_size, num_workers, pad)
         if not 0 <= val_fraction < 1:
             raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction}")
         if not (download_timeout > 0 and math.isfinite(download_timeout)):

@@ -14,8 +14,8 @@ from PIL import Image
 from torch import Tensor
 from torch.utils.data import DataLoader
 
-from lit_bioplaus.data.base import DatasetNotFoundError, InMemoryImageDataset, VisionDataModule
-from lit_bioplaus.data.modules import DATAMODULES
+from lit_bioplaus.data.base import DatasetNotFoundError, InMemoryImageDataset, VisionDataModule, check_loader_options
+from lit_bioplaus.data.modules import datamodule_class
 
 IMAGE_EXTENSIONS = (".bmp", ".jpeg", ".jpg", ".pgm", ".png", ".ppm", ".tif", ".tiff", ".webp")
 """File endings read as images (any case): torchvision's ``IMG_EXTENSIONS``."""
@@ -50,18 +50,6 @@ def read_image(path: Path, shape: tuple[int, int, int]) -> Tensor:
         converted = converted.resize((width, height), Image.Resampling.BILINEAR)
     pixels = np.array(converted, dtype=np.uint8).reshape(height, width, channels)
     return torch.from_numpy(pixels).permute(2, 0, 1).contiguous()
-
-
-def like_datamodule(name: str) -> type[VisionDataModule]:
-    """The built-in DataModule class registered as ``name`` (as ``get_datamodule`` reads it).
-
-    Raises:
-        ValueError: ``name`` is not in :data:`DATAMODULES`.
-    """
-    key = name.lower().replace("-", "_")
-    if key not in DATAMODULES:
-        raise ValueError(f"unknown data set {name!r} for `like`; choose one of {', '.join(DATAMODULES)}")
-    return DATAMODULES[key]
 
 
 class ImageFiles(VisionDataModule):
@@ -116,7 +104,7 @@ class ImageFiles(VisionDataModule):
         # Not VisionDataModule.__init__: it takes the image shape from the class, here it
         # comes from the arguments.
         L.LightningDataModule.__init__(self)
-        reference = like_datamodule(like) if like is not None else None
+        reference = datamodule_class(like, " for `like`") if like is not None else None
         image_shape = input_shape or (reference.input_shape if reference else None)
         mean = mean or (reference.mean if reference else None)
         std = std or (reference.std if reference else None)
@@ -127,12 +115,7 @@ class ImageFiles(VisionDataModule):
             raise ValueError(f"input_shape must be (C, H, W) with C = 1 or 3, got {tuple(image_shape)}")
         if not len(mean) == len(std) == image_shape[0]:
             raise ValueError(f"mean and std need one value per channel ({image_shape[0]}), got {mean} and {std}")
-        if pad < 0:
-            raise ValueError(f"pad must be non-negative, got {pad}")
-        if batch_size < 1 or (eval_batch_size is not None and eval_batch_size < 1):
-            raise ValueError("batch sizes must be positive")
-        if num_workers < 0:
-            raise ValueError(f"num_workers must be non-negative, got {num_workers}")
+        check_loader_options(batch_size, eval_batch_size, num_workers, pad)
         self.root = Path(root).expanduser()
         self.name = f"image folder {self.root}"
         self.image_shape: tuple[int, int, int] = tuple(image_shape)  # type: ignore[assignment]

@@ -296,14 +296,20 @@ DATAMODULES: dict[str, type[VisionDataModule]] = {
 """DataModule classes by lowercase name."""
 
 
-def get_datamodule(name: str, **kwargs: Any) -> VisionDataModule:
-    """Instantiate the DataModule registered as ``name`` (case-insensitive, ``-`` read as
-    ``_``) with ``kwargs``.
+def datamodule_class(name: str, context: str = "") -> type[VisionDataModule]:
+    """The DataModule class registered as ``name`` (case-insensitive, ``-`` read as ``_``).
 
     Raises:
-        ValueError: ``name`` is not in :data:`DATAMODULES`.
+        ValueError: ``name`` is not in :data:`DATAMODULES` (the message adds ``context``,
+            e.g. which option named it).
     """
     key = name.lower().replace("-", "_")
     if key not in DATAMODULES:
-        raise ValueError(f"unknown data set {name!r}; choose one of {', '.join(DATAMODULES)}")
-    return DATAMODULES[key](**kwargs)
+        raise ValueError(f"unknown data set {name!r}{context}; choose one of {', '.join(DATAMODULES)}")
+    return DATAMODULES[key]
+
+
+def get_datamodule(name: str, **kwargs: Any) -> VisionDataModule:
+    """Instantiate the DataModule registered as ``name`` (see ``datamodule_class``) with
+    ``kwargs``."""
+    return datamodule_class(name)(**kwargs)
