@@ -35,7 +35,7 @@ from lit_bioplaus.nn import TwoStreamActivation, TwoStreamConv2d, TwoStreamFlatt
 def task_masks(model: GuidedLearning) -> list[Tensor]:
     """Pass 1 on ``eye(T)``: per gate layer, bottom to top, the ``(T, *shape)`` bool masks."""
     gates = model.task_gates()
-    return [gates[index] > 0 for index in sorted(gates)]
+    return [gate > 0 for gate in gates.values()]
 
 
 def mask_statistics(masks: list[Tensor]) -> tuple[list[Tensor], list[Tensor]]:
@@ -154,9 +154,9 @@ def _connections(layer: TwoStreamLinear | TwoStreamConv2d, inputs: Tensor) -> Te
     return F.conv2d(inputs, ones, None, layer.stride, layer.padding, layer.dilation, layer.groups)
 
 
-def _macs(model: GuidedLearning, gates: dict[int, Tensor] | None, rows: int) -> Tensor:
+def _macs(model: GuidedLearning, gates: dict[str, Tensor] | None, rows: int) -> Tensor:
     """``(rows,)`` MACs of one image through the network when only the units active in
-    ``gates`` (module index -> ``(rows, *shape)`` 0/1; None: every unit) are computed."""
+    ``gates`` (module name -> ``(rows, *shape)`` 0/1; None: every unit) are computed."""
     device = model.instruction_task.device
     active = torch.ones(rows, *model.input_shape, dtype=torch.float64, device=device)
     total = torch.zeros(rows, dtype=torch.float64, device=device)
@@ -164,8 +164,8 @@ def _macs(model: GuidedLearning, gates: dict[int, Tensor] | None, rows: int) -> 
         if isinstance(module, (TwoStreamLinear, TwoStreamConv2d)):
             reached = _connections(module, active)
             outputs = torch.ones_like(reached)
-            if gates is not None and index + 1 in gates:
-                outputs = gates[index + 1].to(torch.float64).expand_as(reached)
+            if gates is not None and str(index + 1) in gates:
+                outputs = gates[str(index + 1)].to(torch.float64).expand_as(reached)
             total += (reached * outputs).flatten(1).sum(dim=1)
             active = outputs
         elif isinstance(module, TwoStreamFlatten):
@@ -176,12 +176,13 @@ def _macs(model: GuidedLearning, gates: dict[int, Tensor] | None, rows: int) -> 
 @torch.no_grad()
 def compaction_report(model: GuidedLearning) -> CompactionReport:
     """Measure the tasks' sub-networks (pass 1 on ``eye(T)``); see ``CompactionReport``."""
+    _weighted_and_gates(model)  # refuses what cannot be compacted (batch-norm, residual blocks)
     masks = model.task_gates()
-    union = {index: mask.amax(dim=0, keepdim=True) for index, mask in masks.items()}
+    union = {name: mask.amax(dim=0, keepdim=True) for name, mask in masks.items()}
     parameters = sum(p.numel() for p in model.network.up_parameters())
     return CompactionReport(
-        units=[int(masks[i][0].numel()) for i in sorted(masks)],
-        unused_units=[int((union[i] == 0).sum()) for i in sorted(masks)],
+        units=[int(mask[0].numel()) for mask in masks.values()],
+        unused_units=[int((mask == 0).sum()) for mask in union.values()],
         macs=int(_macs(model, None, 1)[0]),
         macs_per_task=[int(m) for m in _macs(model, masks, model.num_tasks)],
         macs_union=int(_macs(model, union, 1)[0]),
@@ -200,7 +201,8 @@ def _kept_units(model: GuidedLearning) -> dict[int, Tensor]:
     for index, gate in pairs[:-1]:
         if gate is None:
             raise ValueError(f"compaction needs an activation after every map but the head (module {index})")
-        used = gates[gate].flatten(2).amax(dim=(0, 2)) if gates[gate].dim() > 2 else gates[gate].amax(dim=0)
+        mask = gates[str(gate)]
+        used = mask.flatten(2).amax(dim=(0, 2)) if mask.dim() > 2 else mask.amax(dim=0)
         kept[index] = torch.nonzero(used > 0).flatten()
     modules = list(model.network)
     for (below, _), (index, _) in reversed(list(pairwise(pairs[:-1]))):

@@ -11,10 +11,10 @@ from lit_bioplaus.nn import (
     ConvNet,
     PooledConvNet,
     TwoStreamActivation,
-    TwoStreamBatchNorm,
     TwoStreamConv2d,
     TwoStreamFlatten,
     TwoStreamLinear,
+    TwoStreamMirror,
     TwoStreamNetwork,
     TwoStreamResidualBlock,
 )
@@ -136,14 +136,23 @@ def test_feedback_alignment_requires_fixed_feedback():
         make_counter_hebb("mlp", "symmetric", cls=FeedbackAlignment)
 
 
-@pytest.mark.parametrize("network", NETWORKS)
+def test_direct_feedback_alignment_refuses_residual_blocks_and_batch_norm():
+    with pytest.raises(ValueError, match="residual blocks and batch-norm"):
+        make_counter_hebb("residual", "shared", cls=DirectFeedbackAlignment)
+    with pytest.raises(ValueError, match="residual blocks and batch-norm"):
+        DirectFeedbackAlignment(
+            network=lambda s, c: MLP(s, c, hidden=[5], batch_norm=True), input_shape=(4,), num_classes=2
+        )
+
+
+@pytest.mark.parametrize("network", [name for name in NETWORKS if name != "residual"])
 def test_direct_feedback_alignment_projects_the_output_error(network):
     torch.manual_seed(0)
     model = make_counter_hebb(network, "shared", cls=DirectFeedbackAlignment)
     x, target = batch(model)
     trace = model.up_pass(x)
     _, delta = model.output_error(trace.logits, target)
-    deltas = model.down_pass(trace, delta)
+    deltas = model.down_pass(trace, delta).deltas
     torch.testing.assert_close(deltas[-1], delta)
     modules = list(model.network)
     hidden = [i for i, module in enumerate(modules[:-1]) if module.has_weights]
@@ -176,14 +185,14 @@ def test_alignment_metrics():
 
 
 def test_counter_hebb_refuses_modules_without_a_top_down_pass():
-    def with_batch_norm(shape, classes):
+    def with_mirror(shape, classes):
         return TwoStreamNetwork(
-            [TwoStreamFlatten((4,)), TwoStreamLinear(4, 3), TwoStreamBatchNorm(3, "up", spatial=False),
+            [TwoStreamFlatten((4,)), TwoStreamMirror(TwoStreamLinear(3, 4, weight_mode="asymmetric")),
              TwoStreamActivation("relu"), TwoStreamLinear(3, 2)]
         )  # fmt: skip
 
-    with pytest.raises(ValueError, match="TwoStreamBatchNorm"):
-        CounterHebb(network=with_batch_norm, input_shape=(4,), num_classes=2)
+    with pytest.raises(ValueError, match="TwoStreamMirror"):
+        CounterHebb(network=with_mirror, input_shape=(4,), num_classes=2)
 
 
 def test_direct_feedback_alignment_loads_checkpoints_of_the_old_layout():

@@ -25,7 +25,7 @@ NetworkFactory = Callable[[Sequence[int], int], TwoStreamNetwork]
 """Builds a network from ``(input_shape, num_classes)``; in YAML a ``class_path`` of
 ``lit_bioplaus.nn`` (e.g. ``MLP``) whose other ``init_args`` come from the config."""
 
-Loss = Literal["ce", "mse"]
+Loss = Literal["ce", "mse", "bce"]
 Task = Literal["classification", "autoencoder"]
 
 
@@ -34,15 +34,35 @@ def classification_loss(logits: Tensor, target: Tensor, loss: Loss) -> Tensor:
 
     Args:
         logits: ``(N, C)`` network outputs ``y``.
-        target: ``(N,)`` integer class labels.
-        loss: ``"ce"`` (softmax cross-entropy; ``dL/dy = (softmax(y) - onehot) / N``) or
-            ``"mse"`` (mean over classes of ``(y - onehot)^2``; ``dL/dy = 2 (y - onehot) / (C N)``).
+        target: ``(N,)`` integer class labels (0 / 1 for ``bce``).
+        loss: ``"ce"`` (softmax cross-entropy; ``dL/dy = (softmax(y) - onehot) / N``),
+            ``"mse"`` (mean over classes of ``(y - onehot)^2``; ``dL/dy = 2 (y - onehot) / (C N)``)
+            or ``"bce"`` (one logit, ``C = 1``: binary cross-entropy with logits;
+            ``dL/dy = (sigmoid(y) - target) / N``).
     """
     if loss == "ce":
         return F.cross_entropy(logits, target)
     if loss == "mse":
         return F.mse_loss(logits, F.one_hot(target, logits.shape[-1]).to(logits.dtype))
-    raise ValueError(f"unknown loss {loss!r}; choose 'ce' or 'mse'")
+    if loss == "bce":
+        return F.binary_cross_entropy_with_logits(logits[:, 0], target.to(logits.dtype))
+    raise ValueError(f"unknown loss {loss!r}; choose 'ce', 'mse' or 'bce'")
+
+
+def class_scores(logits: Tensor, loss: Loss) -> Tensor:
+    """``(N, C)`` scores whose argmax is the predicted class: the logits, or for ``bce``'s
+    one logit ``y`` the pair ``(0, y)`` (class 1 iff ``y > 0``)."""
+    return F.pad(logits, (1, 0)) if loss == "bce" else logits
+
+
+def class_probabilities(logits: Tensor, loss: Loss) -> Tensor:
+    """Softmax of the logits, or ``sigmoid(y)`` (the probability of class 1) for ``bce``."""
+    return logits.sigmoid() if loss == "bce" else logits.softmax(dim=-1)
+
+
+def accuracy_metric(num_classes: int, loss: Loss) -> MulticlassAccuracy:
+    """Micro accuracy over ``class_scores``."""
+    return MulticlassAccuracy(2 if loss == "bce" else num_classes, average="micro", validate_args=False)
 
 
 def log_image(loggers: Sequence[Logger], key: str, image: Tensor, epoch: int, caption: str) -> None:
@@ -153,11 +173,12 @@ class BioplausModule(L.LightningModule):
         if task not in ("classification", "autoencoder"):
             raise ValueError(f"task must be 'classification' or 'autoencoder', got {task!r}")
         self.task: Task = task
-        metric = (
-            (lambda: MulticlassAccuracy(num_classes, average="micro", validate_args=False))
-            if task == "classification"
-            else MeanSquaredError
-        )
+        if (loss == "bce") != (num_classes == 1) and task == "classification":
+            raise ValueError(
+                f"loss 'bce' takes one logit (num_classes 1) and is the only loss that does, got loss "
+                f"{loss!r} with num_classes {num_classes}"
+            )
+        metric = (lambda: accuracy_metric(num_classes, loss)) if task == "classification" else MeanSquaredError
         self.train_metric, self.val_metric, self.test_metric = metric(), metric(), metric()
         self.metric_name = "acc" if task == "classification" else "mse"
         # NaN checks run on the logging interval, not per step (a host-device sync each).
@@ -190,6 +211,11 @@ class BioplausModule(L.LightningModule):
         if self.task == "autoencoder":
             return F.mse_loss(logits, target)
         return classification_loss(logits, target, self.loss_name)
+
+    def scores(self, logits: Tensor) -> Tensor:
+        """What the accuracy metrics read: ``class_scores`` of the logits (the logits but for
+        ``bce``); the MSE metric of an autoencoder reads the outputs themselves."""
+        return class_scores(logits, self.loss_name) if self.task == "classification" else logits
 
     def split_batch(self, batch: tuple[Tensor, Tensor]) -> tuple[Tensor, Tensor]:
         """``(input, target)``: the labels for classification, the image for an autoencoder."""
@@ -262,7 +288,7 @@ class BioplausModule(L.LightningModule):
         ``trainer.log_every_n_steps`` batches: a ``self.log`` call costs about a
         millisecond, as much as a whole small-batch step."""
         self.train_loss.update(loss, weight=target.shape[0])
-        self.train_metric.update(logits.detach(), target)
+        self.train_metric.update(self.scores(logits.detach()), target)
         every = self.trainer.log_every_n_steps
         if every and batch_idx % every == 0:
             self.check_finite(loss, "the training loss")
@@ -312,7 +338,7 @@ class BioplausModule(L.LightningModule):
         logits = self(x)
         loss = self.loss(logits, target)
         metric = self.val_metric if stage == "val" else self.test_metric
-        metric(logits, target)
+        metric(self.scores(logits), target)
         self.log(f"{stage}/loss", loss, prog_bar=stage == "val", sync_dist=True)
         self.log(f"{stage}/{self.metric_name}", metric, prog_bar=stage == "val")
         return loss, logits
@@ -329,7 +355,7 @@ class BioplausModule(L.LightningModule):
     def predict_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
         """Class probabilities ``(N, num_classes)``, or reconstructions for an autoencoder."""
         outputs = self(batch[0])
-        return outputs if self.task == "autoencoder" else outputs.softmax(dim=-1)
+        return outputs if self.task == "autoencoder" else class_probabilities(outputs, self.loss_name)
 
     def configure_optimizers(self) -> Any:
         optimizer = self.optimizer_factory(self.trainable_parameters())

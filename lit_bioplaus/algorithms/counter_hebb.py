@@ -24,7 +24,7 @@ weights the TD pass computes exactly the backprop deltas, so the update *is* the
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from itertools import pairwise
 from typing import Any
 
@@ -32,22 +32,66 @@ import torch
 from torch import Tensor
 
 from lit_bioplaus.algorithms.base import BioplausModule, NetworkFactory
-from lit_bioplaus.nn import TwoStreamActivation, TwoStreamLayer, TwoStreamNetwork
+from lit_bioplaus.nn import (
+    ERROR_NORMS,
+    ErrorNorm,
+    TwoStreamActivation,
+    TwoStreamBatchNorm,
+    TwoStreamLayer,
+    TwoStreamNetwork,
+    TwoStreamResidual,
+)
 
-Gates = dict[int, Tensor]
-"""Guided learning's masks: network module index -> 0/1 tensor shaped like its output."""
+Gates = dict[str, Tensor]
+"""Guided learning's masks: module name -> 0/1 tensor shaped like its output. Names are
+``nn.Module``'s: ``"k"`` for the network's ``k``-th module, ``"k.branch.j"`` for module
+``j`` of the branch of the residual block ``k``."""
 
 
 @dataclass
 class UpTrace:
-    """What the bottom-up pass keeps: per module of the network, its input and output."""
+    """What the bottom-up pass keeps: per module of a sequence, its input and output, and
+    for each residual block (by index) the traces of its two sequences."""
 
     inputs: list[Tensor]
     outputs: list[Tensor]
+    blocks: dict[int, tuple[UpTrace, UpTrace]] = field(default_factory=dict)
 
     @property
     def logits(self) -> Tensor:
         return self.outputs[-1]
+
+    def result(self, x: Tensor) -> Tensor:
+        """The sequence's output (``x``, its input, for an empty sequence)."""
+        return self.outputs[-1] if self.outputs else x
+
+
+@dataclass
+class DownTrace:
+    """What the top-down error pass computes: per module of a sequence, the TD value on its
+    output side (None where nothing learns), and the traces inside residual blocks."""
+
+    deltas: list[Tensor | None]
+    blocks: dict[int, tuple[DownTrace, DownTrace]] = field(default_factory=dict)
+
+
+def trace_up(network: TwoStreamNetwork, x: Tensor, gates: Gates | None = None, prefix: str = "") -> UpTrace:
+    """Bottom-up pass ``x -> y`` through ``network`` keeping each module's input and output
+    (residual blocks traced inside); ``gates`` multiply the outputs of the modules they
+    name. Runs with or without autograd (guided backprop differentiates through it)."""
+    trace = UpTrace([], [])
+    for index, module in enumerate(network):
+        trace.inputs.append(x)
+        if isinstance(module, TwoStreamResidual):
+            paths = tuple(trace_up(path, x, gates, f"{prefix}{index}.{name}.") for name, path in module.paths())
+            trace.blocks[index] = paths  # type: ignore[assignment]
+            x = paths[0].result(x) + paths[1].result(x)
+        else:
+            x = module.up(x)
+        if gates is not None and (gate := gates.get(f"{prefix}{index}")) is not None:
+            x = x * gate
+        trace.outputs.append(x)
+    return trace
 
 
 class CounterHebb(BioplausModule):
@@ -61,12 +105,19 @@ class CounterHebb(BioplausModule):
         weak_symmetry_sigma: if > 0, every update value is multiplied by independent
             noise ``~ N(1, sigma)``, drawn separately for the BU and TD weights (the
             same draw on every DDP rank, so ranks stay identical).
+        error_norm: how the error pass crosses batch-norm (``TwoStreamBatchNorm``):
+            ``vjp`` (exact: the update is the gradient, batch-norm's affine parameters
+            learn) or ``td_bn`` (the official code's TD batch-norm over the error; not the
+            gradient, for reproduction). Refused for a network without batch-norm.
         **kwargs: see ``BioplausModule``.
     """
 
-    def __init__(self, weak_symmetry_sigma: float = 0.0, **kwargs: Any) -> None:
+    def __init__(self, weak_symmetry_sigma: float = 0.0, error_norm: ErrorNorm = "vjp", **kwargs: Any) -> None:
         if not 0 <= weak_symmetry_sigma < float("inf"):
             raise ValueError(f"weak_symmetry_sigma must be a non-negative number, got {weak_symmetry_sigma}")
+        if error_norm not in ERROR_NORMS:
+            raise ValueError(f"error_norm must be one of {ERROR_NORMS}, got {error_norm!r}")
+        self.error_norm: ErrorNorm = error_norm
         super().__init__(**kwargs)
         self.weak_symmetry_sigma = weak_symmetry_sigma
 
@@ -79,6 +130,11 @@ class CounterHebb(BioplausModule):
         unsupported = [repr(m) for m in built.modules() if isinstance(m, TwoStreamLayer) and not m.supports_gated_down]
         if unsupported:
             raise ValueError(f"{type(self).__name__} cannot run its top-down pass through: {', '.join(unsupported)}")
+        norms = [m for m in built.modules() if isinstance(m, TwoStreamBatchNorm)]
+        if self.error_norm != "vjp" and not norms:
+            raise ValueError(f"error_norm={self.error_norm!r} applies to batch-norm, and the network has none")
+        for norm in norms:
+            norm.error_norm = self.error_norm
         others = sorted({m.name for m in built.modules() if isinstance(m, TwoStreamActivation) and m.name != "relu"})
         if others:
             raise ValueError(
@@ -90,16 +146,9 @@ class CounterHebb(BioplausModule):
     # --- the learning rule ---------------------------------------------------------------
     @torch.no_grad()
     def up_pass(self, x: Tensor, gates: Gates | None = None) -> UpTrace:
-        """Bottom-up pass ``x -> y`` keeping each module's input and output; ``gates``
-        (module index -> mask shaped like its output) multiply the outputs they name."""
-        trace = UpTrace([], [])
-        for index, module in enumerate(self.network):
-            trace.inputs.append(x)
-            x = module.up(x)
-            if gates is not None and index in gates:
-                x = x * gates[index]
-            trace.outputs.append(x)
-        return trace
+        """Bottom-up pass ``x -> y`` keeping each module's input and output (``trace_up``);
+        ``gates`` multiply the outputs of the modules they name."""
+        return trace_up(self.network, x, gates)
 
     def output_error(self, logits: Tensor, target: Tensor) -> tuple[Tensor, Tensor]:
         """``(loss, delta_L)`` with ``delta_L = N dLoss/dy``, the per-sample output error
@@ -112,38 +161,28 @@ class CounterHebb(BioplausModule):
         return loss.detach(), error * logits.shape[0]
 
     @torch.no_grad()
-    def down_pass(self, trace: UpTrace, delta: Tensor, gates: Gates | None = None) -> list[Tensor | None]:
+    def down_pass(self, trace: UpTrace, delta: Tensor, gates: Gates | None = None) -> DownTrace:
         """Top-down pass of the output error through every module's ``gated_down``:
         GaLU at the activations (``delta * [h > 0]``, times the module's gate when
         ``gates`` names it, so the error stays inside the task's sub-network),
-        bias-blocking in the maps, max-pooling's error routed to each window's winner.
+        bias-blocking in the maps, max-pooling's error routed to each window's winner,
+        batch-norm by ``error_norm``; a residual block's error goes down both of its
+        sequences and the two arrivals are summed.
 
-        Returns ``delta`` per module: the TD value on the module's output side, shaped
-        like ``trace.outputs[k]``; None below the lowest weighted module, where nothing
-        learns (so, as in backprop, the input's delta is never computed).
+        Returns per module the TD value on its output side, shaped like its output; None
+        below the lowest module that learns (so, as in backprop, the input's delta is never
+        computed).
         """
-        modules = list(self.network)
-        lowest = next(index for index, module in enumerate(modules) if module.has_weights)
-        deltas: list[Tensor | None] = [None] * len(modules)
-        delta = delta.to(trace.logits.dtype)
-        for index in reversed(range(lowest, len(modules))):
-            if gates is not None and index in gates:
-                delta = delta * gates[index]
-            deltas[index] = delta
-            if index > lowest:
-                delta = modules[index].gated_down(trace.inputs[index], delta)
-        return deltas
+        lowest = next(index for index, module in enumerate(self.network) if module.has_weights)
+        down, _ = _trace_down(self.network, trace, delta.to(trace.logits.dtype), gates, "", lowest)
+        return down
 
-    def lateral_energy(self, trace: UpTrace, deltas: list[Tensor | None]) -> Tensor:
+    def lateral_energy(self, trace: UpTrace, down: DownTrace) -> Tensor:
         """The detached bilinear energy ``E`` whose gradient is the Counter-Hebb update:
-        ``E = 1/N sum_l E_l(h_{l-1}, delta_l)`` over the modules that learn, each module's
-        ``counter_hebb_energy`` computed from batch-summed outer products (the cost of
-        backprop's weight gradients)."""
-        energy = trace.logits.new_zeros((), dtype=torch.float32)
-        for module, h_in, delta in zip(self.network, trace.inputs, deltas, strict=True):
-            if module.has_weights:
-                energy = energy + module.counter_hebb_energy(h_in, delta)
-        return energy / trace.logits.shape[0]
+        ``E = 1/N sum_l E_l(h_{l-1}, delta_l)`` over the modules that learn (inside residual
+        blocks too), each module's ``counter_hebb_energy`` computed from batch-summed outer
+        products (the cost of backprop's weight gradients)."""
+        return _energy(self.network, trace, down, trace.logits.new_zeros((), dtype=torch.float32)) / len(trace.logits)
 
     def training_objective(self, x: Tensor, target: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """Algorithm 1: BU pass, output error, gated TD pass; the objective is ``E``."""
@@ -152,6 +191,18 @@ class CounterHebb(BioplausModule):
         return self.lateral_energy(trace, self.down_pass(trace, delta)), loss, trace.logits
 
     # --- Lightning hooks -----------------------------------------------------------------
+    def on_fit_start(self) -> None:
+        """Refuse ``Trainer(sync_batchnorm=True)``: the error pass normalises with each
+        process's own batch statistics (``TwoStreamBatchNorm.normalized``), so synchronised
+        forward statistics would make the update silently not the gradient."""
+        synced = [name for name, module in self.named_modules() if isinstance(module, torch.nn.SyncBatchNorm)]
+        if synced:
+            raise ValueError(
+                f"{type(self).__name__} normalises with each process's batch statistics: "
+                f"sync_batchnorm is not supported (found SyncBatchNorm at {synced[0]})"
+            )
+        super().on_fit_start()
+
     def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
         if self.weak_symmetry_sigma > 0:
             self._apply_weak_symmetry_noise()
@@ -178,6 +229,49 @@ class CounterHebb(BioplausModule):
             if param.grad is not None and param.dim() > 1:
                 noise = torch.randn(param.shape, generator=generator, device=param.device)
                 param.grad.mul_(noise.mul_(self.weak_symmetry_sigma).add_(1.0))
+
+
+def _trace_down(
+    network: TwoStreamNetwork, trace: UpTrace, delta: Tensor, gates: Gates | None, prefix: str, lowest: int = 0
+) -> tuple[DownTrace, Tensor]:
+    """``CounterHebb.down_pass`` through one sequence, from the error at its output down to
+    module ``lowest``: the TD values and the error at the input (``delta`` itself when
+    ``lowest`` is above the input, i.e. not computed)."""
+    modules = list(network)
+    down = DownTrace([None] * len(modules))
+    for index in reversed(range(lowest, len(modules))):
+        if gates is not None and (gate := gates.get(f"{prefix}{index}")) is not None:
+            delta = delta * gate
+        down.deltas[index] = delta
+        if index == lowest and prefix == "":
+            break
+        module = modules[index]
+        if isinstance(module, TwoStreamResidual):
+            arrivals = []
+            for (name, path), path_trace in zip(module.paths(), trace.blocks[index], strict=True):
+                path_down, arrival = _trace_down(path, path_trace, delta, gates, f"{prefix}{index}.{name}.")
+                arrivals.append((path_down, arrival))
+            down.blocks[index] = (arrivals[0][0], arrivals[1][0])
+            delta = arrivals[0][1] + arrivals[1][1]
+        else:
+            delta = module.gated_down(trace.inputs[index], delta)
+    return down, delta
+
+
+def _energy(network: TwoStreamNetwork, trace: UpTrace, down: DownTrace, energy: Tensor) -> Tensor:
+    """``energy`` plus the lateral energy of every module of one sequence that learns."""
+    for index, module in enumerate(network):
+        delta = down.deltas[index]
+        if delta is None or not (module.has_weights or isinstance(module, TwoStreamBatchNorm)):
+            continue
+        if isinstance(module, TwoStreamResidual):
+            for (_, path), path_trace, path_down in zip(
+                module.paths(), trace.blocks[index], down.blocks[index], strict=True
+            ):
+                energy = _energy(path, path_trace, path_down, energy)
+        else:
+            energy = energy + module.counter_hebb_energy(trace.inputs[index], delta)
+    return energy
 
 
 class FeedbackAlignment(CounterHebb):
@@ -209,6 +303,11 @@ class DirectFeedbackAlignment(CounterHebb):
         modes = {layer.weight_mode for layer in self.network.weighted_layers()}
         if modes != {"shared"}:
             raise ValueError(f"DirectFeedbackAlignment needs weight_mode 'shared', got {sorted(modes)}")
+        if any(isinstance(module, (TwoStreamResidual, TwoStreamBatchNorm)) for module in self.network):
+            raise ValueError(
+                "DirectFeedbackAlignment projects the error onto a chain of layers without batch-norm: "
+                "residual blocks and batch-norm are not supported"
+            )
         with torch.no_grad():
             trace = self.up_pass(torch.zeros(1, *self.input_shape))
         bound = self.num_classes**-0.5
@@ -238,7 +337,7 @@ class DirectFeedbackAlignment(CounterHebb):
         return [(i, next_i - 1) for i, next_i in pairwise(weighted)]
 
     @torch.no_grad()
-    def down_pass(self, trace: UpTrace, delta: Tensor) -> list[Tensor | None]:
+    def down_pass(self, trace: UpTrace, delta: Tensor) -> DownTrace:  # type: ignore[override]
         """``delta`` per module: the output error projected to every hidden layer ``h_l``
         (``B_l e``), then through the modules down to its weighted module's output with
         their ``gated_down`` (GaLU, pooling); None where nothing learns."""
@@ -251,4 +350,4 @@ class DirectFeedbackAlignment(CounterHebb):
             for index in range(hidden_index, layer_index, -1):
                 projected = modules[index].gated_down(trace.inputs[index], projected)
             deltas[layer_index] = projected
-        return deltas
+        return DownTrace(deltas)

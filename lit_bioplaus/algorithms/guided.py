@@ -34,12 +34,17 @@ from typing import Any, NamedTuple
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torchmetrics.classification import MulticlassAccuracy
 
 from lit_bioplaus.algorithms.backprop import BackProp
-from lit_bioplaus.algorithms.base import BioplausModule, classification_loss
-from lit_bioplaus.algorithms.counter_hebb import CounterHebb, Gates
-from lit_bioplaus.nn import TwoStreamActivation, TwoStreamBatchNorm, TwoStreamLinear
+from lit_bioplaus.algorithms.base import BioplausModule, accuracy_metric, class_probabilities, classification_loss
+from lit_bioplaus.algorithms.counter_hebb import CounterHebb, Gates, trace_up
+from lit_bioplaus.nn import (
+    TwoStreamActivation,
+    TwoStreamBatchNorm,
+    TwoStreamLinear,
+    TwoStreamNetwork,
+    TwoStreamResidual,
+)
 
 
 class TaskTarget(NamedTuple):
@@ -89,18 +94,20 @@ class GuidedLearning(BioplausModule):
                 f"{num_tasks} x {self.num_classes} (multi decoder) expected"
             )
         self.decoder = "single" if head.out_features == self.num_classes else "multi"
-        modules = list(self.network)
-        self.gate_points = [i for i, module in enumerate(modules[:-1]) if isinstance(module, TwoStreamActivation)]
+        self.gate_points = [
+            name for name, module in self.network.named_modules() if isinstance(module, TwoStreamActivation)
+        ]
+        """Names of the gated modules (every activation, inside residual blocks too), bottom to top."""
         if not self.gate_points:
             raise ValueError("guided learning needs activations to gate: the network has none below its head")
-        norms = [module for module in modules if isinstance(module, TwoStreamBatchNorm)]
-        if norms:  # pass 1 would run a TD norm in train mode on T rows (ALGORITHMS.md 4.1.1)
-            raise ValueError(f"guided learning does not support batch-norm yet, got {norms[0]!r}")
+        self.has_td_norms = any(
+            isinstance(module, TwoStreamBatchNorm) and module.stream == "down" for module in self.network.modules()
+        )
         self.train_all_tasks = train_all_tasks
         self.register_buffer("instruction_task", _uniform((num_tasks, instruction_width), instruction_width))
         self.register_buffer("instruction_hidden", _uniform((instruction_width, head.in_features), head.in_features))
         task_metric = lambda: nn.ModuleList(  # noqa: E731
-            MulticlassAccuracy(self.num_classes, average="micro", validate_args=False) for _ in range(num_tasks)
+            accuracy_metric(self.num_classes, self.loss_name) for _ in range(num_tasks)
         )
         self.val_task_metrics, self.test_task_metrics = task_metric(), task_metric()
         if pretrained is not None:  # once the instruction head exists
@@ -112,41 +119,38 @@ class GuidedLearning(BioplausModule):
 
     # --- pass 1 and the gated BU pass ---------------------------------------------------------
     @torch.no_grad()
-    def instruction_pass(self, instructions: Tensor) -> Gates:
-        """Pass 1 of ``(R, T)`` instruction vectors: per gate point (module index of an
-        activation), the ``(R, *shape)`` 0/1 masks ``[hb_l > 0]``. ReLU at every gate point
-        (the paper's pass 1, whatever the BU activation), in the weights' precision with
-        autocast off, so the sub-networks do not depend on mixed precision."""
+    def instruction_pass(self, instructions: Tensor, row_counts: Tensor | None = None) -> Gates:
+        """Pass 1 of ``(R, T)`` instruction vectors: per gate point (module name of an
+        activation), bottom to top, the ``(R, *shape)`` 0/1 masks ``[hb_l > 0]``. ReLU at
+        every gate point (the paper's pass 1, whatever the BU activation), no bias, TD
+        batch-norm by ``TwoStreamBatchNorm.instruct`` (``row_counts``: the batch's samples
+        per row, for its batch statistics), in the weights' precision with autocast off, so
+        the sub-networks do not depend on mixed precision."""
         weight = self.instruction_task
         with torch.autocast(weight.device.type, enabled=False):
             hb = F.relu(F.relu(instructions.to(weight.dtype) @ weight) @ self.instruction_hidden)
-            modules, gates = list(self.network), {}
-            for index in range(len(modules) - 2, self.gate_points[0] - 1, -1):
-                if isinstance(modules[index], TwoStreamActivation):
-                    hb = F.relu(hb)
-                    gates[index] = (hb > 0).to(hb.dtype)
-                else:
-                    hb = modules[index].down(hb, use_bias=False)
-        return gates
+            gates: Gates = {}
+            lowest = int(self.gate_points[0].split(".")[0])
+            _instruct(self.network, range(lowest, len(self.network) - 1), hb, gates, "", row_counts)
+        return dict(reversed(gates.items()))
 
-    def task_gates(self) -> Gates:
-        """Pass 1 on ``eye(T)``: ``(T, *shape)`` masks ``G_l(t)`` of every task."""
+    def task_gates(self, task_counts: Tensor | None = None) -> Gates:
+        """Pass 1 on ``eye(T)``: ``(T, *shape)`` masks ``G_l(t)`` of every task (TD
+        batch-norm with the statistics of a batch of ``task_counts`` samples per task, else
+        its running statistics)."""
         weight = self.instruction_task
-        return self.instruction_pass(torch.eye(self.num_tasks, device=weight.device, dtype=weight.dtype))
+        return self.instruction_pass(torch.eye(self.num_tasks, device=weight.device, dtype=weight.dtype), task_counts)
 
     def sample_gates(self, task: Tensor) -> Gates:
-        """Pass 1, then each sample's masks: ``(N, *shape)`` per gate point."""
-        return {index: mask[task] for index, mask in self.task_gates().items()}
+        """Pass 1, then each sample's masks: ``(N, *shape)`` per gate point. In training, a
+        TD batch-norm normalises with the batch's statistics, those of its tasks' counts."""
+        counts = F.one_hot(task, self.num_tasks).sum(0) if self.training and self.has_td_norms else None
+        return {name: mask[task] for name, mask in self.task_gates(counts).items()}
 
     def gated_outputs(self, x: Tensor, task: Tensor) -> Tensor:
         """Pass 2 (with autograd): ``(N, *input_shape) -> (N, outputs of the head)``, each
         activation's output multiplied by the sample's gate (constants: no gradient)."""
-        gates = self.sample_gates(task)
-        for index, module in enumerate(self.network):
-            x = module.up(x)
-            if index in gates:
-                x = x * gates[index]
-        return x
+        return trace_up(self.network, x, self.sample_gates(task)).logits
 
     def task_logits(self, outputs: Tensor, task: Tensor) -> Tensor:
         """The ``(N, C)`` logits of each sample's task: all outputs for the single
@@ -171,7 +175,7 @@ class GuidedLearning(BioplausModule):
     @torch.no_grad()
     def predict(self, x: Tensor, task: int | Tensor | None = None) -> Tensor:
         """Class probabilities under an instruction (see ``forward``), in eval mode."""
-        return self(x, task).softmax(dim=-1)
+        return class_probabilities(self(x, task), self.loss_name)
 
     # --- batches, loss, metrics ---------------------------------------------------------------
     def split_batch(self, batch: tuple[Tensor, Tensor, Tensor]) -> tuple[Tensor, TaskTarget]:
@@ -206,9 +210,10 @@ class GuidedLearning(BioplausModule):
         logits = self(inputs, target.task)
         loss = classification_loss(logits, target.label, self.loss_name)
         metric = self.val_metric if stage == "val" else self.test_metric
-        metric(logits, target.label)  # all rows: the mean over tasks of the per-task accuracy
+        scores = self.scores(logits)
+        metric(scores, target.label)  # all rows: the mean over tasks of the per-task accuracy
         task_metrics = self.val_task_metrics if stage == "val" else self.test_task_metrics
-        for task, (task_metric, rows) in enumerate(zip(task_metrics, logits.split(x.shape[0]), strict=True)):
+        for task, (task_metric, rows) in enumerate(zip(task_metrics, scores.split(x.shape[0]), strict=True)):
             task_metric(rows, labels[:, task])
             self.log(f"{stage}/acc_task{task}", task_metric)
         self.log(f"{stage}/loss", loss, prog_bar=stage == "val", sync_dist=True)
@@ -229,7 +234,29 @@ class GuidedLearning(BioplausModule):
 
     def predict_step(self, batch: tuple[Tensor, ...], batch_idx: int) -> Tensor:
         """Class probabilities under ``predict_task`` ``(N, C)``, or every task ``(N, T, C)``."""
-        return self(batch[0], self.predict_task).softmax(dim=-1)
+        return class_probabilities(self(batch[0], self.predict_task), self.loss_name)
+
+
+def _instruct(
+    network: TwoStreamNetwork, indices: range, hb: Tensor, gates: Gates, prefix: str, row_counts: Tensor | None
+) -> Tensor:
+    """Pass 1 down modules ``indices`` of one sequence (residual blocks: both sequences,
+    summed), recording each activation's mask into ``gates``; the TD value at the bottom."""
+    for index in reversed(indices):
+        module, name = network[index], f"{prefix}{index}"
+        if isinstance(module, TwoStreamActivation):
+            hb = F.relu(hb)
+            gates[name] = (hb > 0).to(hb.dtype)
+        elif isinstance(module, TwoStreamResidual):
+            hb = sum(
+                _instruct(path, range(len(path)), hb, gates, f"{name}.{path_name}.", row_counts)
+                for path_name, path in module.paths()
+            )
+        elif isinstance(module, TwoStreamBatchNorm):
+            hb = module.instruct(hb, row_counts)
+        else:
+            hb = module.down(hb, use_bias=False)
+    return hb
 
 
 def _uniform(shape: tuple[int, ...], fan_in: int) -> Tensor:

@@ -405,8 +405,49 @@ class TwoStreamFlatten(TwoStreamLayer):
 
 
 class TwoStreamMaxPool2d(TwoStreamLayer):
-    """``up``: 2x2 max-pooling, ``(N, C, H, W) -> (N, C, H // 2, W // 2)``; ``down``:
-    nearest-neighbour upsampling back to ``input_size`` (the Counter-Current mirror).
+    """``up``: max-pooling, ``(N, C, H, W) -> (N, C, H', W')`` (default 2x2, stride 2);
+    ``down``: nearest-neighbour upsampling back to ``input_size`` (the Counter-Current mirror).
+
+    Args:
+        input_size: ``(H, W)`` of the bottom-up input.
+        kernel_size, stride, padding: as ``nn.MaxPool2d`` (stride defaults to the kernel;
+            ``3, 2, 1`` is torchvision ResNet's stem pooling).
+    """
+
+    def __init__(
+        self, input_size: tuple[int, int], kernel_size: int = 2, stride: int | None = None, padding: int = 0
+    ) -> None:
+        super().__init__()
+        self.input_size = _pair(tuple(input_size))
+        self.kernel_size, self.stride, self.padding = kernel_size, kernel_size if stride is None else stride, padding
+
+    @property
+    def output_size(self) -> tuple[int, int]:
+        return tuple(conv_output_size(size, self.kernel_size, self.stride, self.padding, 1) for size in self.input_size)  # type: ignore[return-value]
+
+    def up(self, x: Tensor) -> Tensor:
+        return F.max_pool2d(x, self.kernel_size, self.stride, self.padding)
+
+    def down(self, y: Tensor, use_bias: bool = True) -> Tensor:
+        return F.interpolate(y, size=self.input_size, mode="nearest")
+
+    def gated_down(self, x: Tensor, delta: Tensor) -> Tensor:
+        """Each output's error goes back to the input that won its window on ``x`` (the
+        lateral gating of max-pooling: exactly backprop through it, overlapping windows
+        summed)."""
+        _, indices = F.max_pool2d(x, self.kernel_size, self.stride, self.padding, return_indices=True)
+        return torch.ops.aten.max_pool2d_with_indices_backward(
+            delta, x, [self.kernel_size] * 2, [self.stride] * 2, [self.padding] * 2, [1, 1], False, indices
+        )
+
+    def extra_repr(self) -> str:
+        return f"input_size={self.input_size}, kernel_size={self.kernel_size}, stride={self.stride}"
+
+
+class TwoStreamGlobalAvgPool2d(TwoStreamLayer):
+    """``up``: the mean over positions, ``(N, C, H, W) -> (N, C)``; ``down`` (and the
+    Counter-Hebb error pass, exactly its backprop) is its adjoint: each value spread over
+    the ``H x W`` positions divided by ``H W``.
 
     Args:
         input_size: ``(H, W)`` of the bottom-up input.
@@ -416,21 +457,11 @@ class TwoStreamMaxPool2d(TwoStreamLayer):
         super().__init__()
         self.input_size = _pair(tuple(input_size))
 
-    @property
-    def output_size(self) -> tuple[int, int]:
-        return (self.input_size[0] // 2, self.input_size[1] // 2)
-
     def up(self, x: Tensor) -> Tensor:
-        return F.max_pool2d(x, 2)
+        return x.mean(dim=(2, 3))
 
     def down(self, y: Tensor, use_bias: bool = True) -> Tensor:
-        return F.interpolate(y, size=self.input_size, mode="nearest")
-
-    def gated_down(self, x: Tensor, delta: Tensor) -> Tensor:
-        """Each output's error goes back to the input that won its window on ``x`` (the
-        lateral gating of max-pooling: exactly backprop through it)."""
-        _, indices = F.max_pool2d(x, 2, return_indices=True)
-        return F.max_unpool2d(delta, indices, 2, output_size=self.input_size)
+        return (y / math.prod(self.input_size))[:, :, None, None].expand(*y.shape, *self.input_size)
 
     def extra_repr(self) -> str:
         return f"input_size={self.input_size}"
@@ -469,51 +500,3 @@ class TwoStreamMirror(TwoStreamLayer):
 
     def counter_hebb_energy(self, x: Tensor, delta: Tensor) -> Tensor:
         raise NotImplementedError("Counter-Hebb learning does not run on mirrored layers")
-
-
-class TwoStreamResidualBlock(TwoStreamLayer):
-    """Residual block without batch-norm: ``up(x) = x + conv2(relu(conv1(x)))`` with two
-    3x3, stride-1, padding-1 convolutions of ``channels`` channels (shape preserving).
-
-    ``down(y) = y + conv1.down(relu(conv2.down(y)))`` mirrors it. For learning rules,
-    ``gated_down`` gates the inner top-down value by the inner bottom-up activity
-    (``[relu(conv1(x)) > 0]``, recomputed from ``x``), so with symmetric weights it is
-    exactly backprop through the block.
-    """
-
-    has_weights = True
-
-    def __init__(
-        self,
-        channels: int,
-        input_size: tuple[int, int] | None = None,
-        bias: bool = True,
-        weight_mode: WeightMode = "shared",
-    ) -> None:
-        super().__init__()
-        self.conv1 = TwoStreamConv2d(
-            channels, channels, 3, 1, 1, bias=bias, weight_mode=weight_mode, input_size=input_size
-        )
-        self.conv2 = TwoStreamConv2d(
-            channels, channels, 3, 1, 1, bias=bias, weight_mode=weight_mode, input_size=input_size
-        )
-
-    def up(self, x: Tensor) -> Tensor:
-        return x + self.conv2.up(F.relu(self.conv1.up(x)))
-
-    def down(self, y: Tensor, use_bias: bool = True) -> Tensor:
-        return y + self.conv1.down(F.relu(self.conv2.down(y, use_bias)), use_bias)
-
-    def _inner(self, x: Tensor, delta: Tensor) -> tuple[Tensor, Tensor]:
-        """Inner BU activity ``a = relu(conv1(x))`` and its gated TD error."""
-        inner = F.relu(self.conv1.up(x))
-        return inner, self.conv2.gated_down(inner, delta) * (inner > 0)
-
-    def gated_down(self, x: Tensor, delta: Tensor) -> Tensor:
-        _, inner_delta = self._inner(x, delta)
-        return delta + self.conv1.gated_down(x, inner_delta)
-
-    def counter_hebb_energy(self, x: Tensor, delta: Tensor) -> Tensor:
-        with torch.no_grad():
-            inner, inner_delta = self._inner(x, delta)
-        return self.conv1.counter_hebb_energy(x, inner_delta) + self.conv2.counter_hebb_energy(inner, delta)

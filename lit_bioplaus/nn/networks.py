@@ -148,12 +148,61 @@ class TwoStreamNetwork(TwoStreamLayer):
                 state_dict[prefix + renames[old] + rest[len(old) :]] = state_dict.pop(key)
 
 
-def stage(layer: TwoStreamLayer, activation: Activation, norm: int | None = None) -> list[TwoStreamLayer]:
+class TwoStreamResidual(TwoStreamLayer):
+    """A residual block: two two-stream sequences from one input, summed.
+
+    ``up(x) = branch.up(x) + shortcut.up(x)``; ``down(y) = branch.down(y) +
+    shortcut.down(y)``; an empty ``shortcut`` is the identity. The sequences hold their
+    activations, norms and gate points like the network does, so a learning rule walks
+    into them: Counter-Hebb's error pass sends the output's error down both sequences and
+    sums what arrives at the input (with symmetric weights: backprop through the block).
+    Inside the network, module ``j`` of the branch of block ``k`` is named
+    ``"k.branch.j"`` (``nn.Module`` naming), as guided learning's gates are.
+
+    Args:
+        branch: the residual branch, bottom to top.
+        shortcut: the shortcut (e.g. a strided 1x1 convolution and its norm); empty: identity.
+    """
+
+    def __init__(self, branch: Sequence[TwoStreamLayer], shortcut: Sequence[TwoStreamLayer] = ()) -> None:
+        super().__init__()
+        if not branch:
+            raise ValueError("a residual block needs a non-empty branch")
+        self.branch = TwoStreamNetwork(branch)
+        self.shortcut = TwoStreamNetwork(shortcut)
+
+    @property
+    def has_weights(self) -> bool:  # type: ignore[override]
+        return any(module.has_weights for module in (*self.branch, *self.shortcut))
+
+    def paths(self) -> tuple[tuple[str, TwoStreamNetwork], tuple[str, TwoStreamNetwork]]:
+        """``(("branch", branch), ("shortcut", shortcut))``: the two sequences by name."""
+        return ("branch", self.branch), ("shortcut", self.shortcut)
+
+    def up(self, x: Tensor) -> Tensor:
+        return self.branch.up(x) + self.shortcut.up(x)
+
+    def down(self, y: Tensor, use_bias: bool = True) -> Tensor:
+        return self.branch.down(y, use_bias) + self.shortcut.down(y, use_bias)
+
+    def gated_down(self, x: Tensor, delta: Tensor) -> Tensor:
+        raise TypeError("a residual block's error pass needs its inner activity: learning rules walk into it")
+
+
+def stage(
+    layer: TwoStreamLayer, activation: Activation, norm: int | None = None, spatial: bool = True
+) -> list[TwoStreamLayer]:
     """``layer``, then (with ``norm`` features) its BU batch-norm, the activation, and
-    the TD batch-norm of the stream coming down into this point."""
+    the TD batch-norm of the stream coming down into this point (``BatchNorm2d``, or
+    ``BatchNorm1d`` when not ``spatial``)."""
     if norm is None:
         return [layer, TwoStreamActivation(activation)]
-    return [layer, TwoStreamBatchNorm(norm, "up"), TwoStreamActivation(activation), TwoStreamBatchNorm(norm, "down")]
+    return [
+        layer,
+        TwoStreamBatchNorm(norm, "up", spatial),
+        TwoStreamActivation(activation),
+        TwoStreamBatchNorm(norm, "down", spatial),
+    ]
 
 
 class MLP(TwoStreamNetwork):
@@ -168,6 +217,7 @@ class MLP(TwoStreamNetwork):
         weight_mode: feedback weight mode of every layer (see ``lit_bioplaus.nn.layers``).
         feedback_init: initialisation of independent feedback weights (``FeedbackInit``;
             ``official`` needs ``asymmetric`` or ``fixed``).
+        batch_norm: per-stream batch-norm at every hidden layer (``stage``).
     """
 
     def __init__(
@@ -179,11 +229,13 @@ class MLP(TwoStreamNetwork):
         bias: bool = True,
         weight_mode: WeightMode = "shared",
         feedback_init: FeedbackInit = "forward",
+        batch_norm: bool = False,
     ) -> None:
         widths = [math.prod(input_shape), *hidden]
         modules: list[TwoStreamLayer] = [TwoStreamFlatten(tuple(input_shape))]
         for w_in, w_out in pairwise(widths):
-            modules += stage(TwoStreamLinear(w_in, w_out, bias=bias, weight_mode=weight_mode), activation)
+            linear = TwoStreamLinear(w_in, w_out, bias=bias, weight_mode=weight_mode)
+            modules += stage(linear, activation, norm=w_out if batch_norm else None, spatial=False)
         modules.append(TwoStreamLinear(widths[-1], num_classes, bias=bias, weight_mode=weight_mode))
         super().__init__(modules)
         self.init_feedback(feedback_init)
@@ -202,7 +254,7 @@ class ConvNet(TwoStreamNetwork):
         channels: output channels of each convolution.
         kernel_size, stride, padding: geometry shared by every convolution.
         hidden: widths of fully connected hidden layers after the convolutions.
-        activation, bias, weight_mode, feedback_init: as for ``MLP``.
+        activation, bias, weight_mode, feedback_init, batch_norm: as for ``MLP``.
     """
 
     def __init__(
@@ -218,6 +270,7 @@ class ConvNet(TwoStreamNetwork):
         bias: bool = True,
         weight_mode: WeightMode = "shared",
         feedback_init: FeedbackInit = "forward",
+        batch_norm: bool = False,
     ) -> None:
         if len(input_shape) != 3:
             raise ValueError(f"ConvNet needs input_shape (C, H, W), got {tuple(input_shape)}")
@@ -227,12 +280,13 @@ class ConvNet(TwoStreamNetwork):
             conv = TwoStreamConv2d(
                 c, out_channels, kernel_size, stride, padding, bias=bias, weight_mode=weight_mode, input_size=(h, w)
             )
-            modules += stage(conv, activation)
+            modules += stage(conv, activation, norm=out_channels if batch_norm else None)
             c, (h, w) = out_channels, conv.output_size
         modules.append(TwoStreamFlatten((c, h, w)))
         widths = [c * h * w, *hidden]
         for w_in, w_out in pairwise(widths):
-            modules += stage(TwoStreamLinear(w_in, w_out, bias=bias, weight_mode=weight_mode), activation)
+            linear = TwoStreamLinear(w_in, w_out, bias=bias, weight_mode=weight_mode)
+            modules += stage(linear, activation, norm=w_out if batch_norm else None, spatial=False)
         modules.append(TwoStreamLinear(widths[-1], num_classes, bias=bias, weight_mode=weight_mode))
         super().__init__(modules)
         self.init_feedback(feedback_init)
@@ -398,6 +452,7 @@ class MultiMNISTNet(TwoStreamNetwork):
         num_tasks: tasks (the multi decoder's slots).
         activation, weight_mode, feedback_init: as for ``MLP`` (``feedback_init="official"``
             with ``asymmetric`` reproduces the paper's CH asym runs).
+        batch_norm: per-stream batch-norm at every gated layer (not in the paper's net).
     """
 
     def __init__(
@@ -411,6 +466,7 @@ class MultiMNISTNet(TwoStreamNetwork):
         activation: Activation = "relu",
         weight_mode: WeightMode = "shared",
         feedback_init: FeedbackInit = "forward",
+        batch_norm: bool = False,
     ) -> None:
         if decoder not in ("single", "multi"):
             raise ValueError(f"decoder must be 'single' or 'multi', got {decoder!r}")
@@ -423,10 +479,11 @@ class MultiMNISTNet(TwoStreamNetwork):
             conv = TwoStreamConv2d(
                 c, out_channels, kernel, stride, 0, weight_mode=weight_mode, input_size=(h, w), groups=groups
             )
-            modules += stage(conv, activation)
+            modules += stage(conv, activation, norm=out_channels if batch_norm else None)
             c, (h, w) = out_channels, conv.output_size
         modules.append(TwoStreamFlatten((c, h, w)))
-        modules += stage(TwoStreamLinear(c * h * w, hidden, weight_mode=weight_mode), activation)
+        linear = TwoStreamLinear(c * h * w, hidden, weight_mode=weight_mode)
+        modules += stage(linear, activation, norm=hidden if batch_norm else None, spatial=False)
         outputs = num_classes * (num_tasks if decoder == "multi" else 1)
         modules.append(TwoStreamLinear(hidden, outputs, weight_mode=weight_mode))
         super().__init__(modules)
