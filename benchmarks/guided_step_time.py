@@ -39,7 +39,7 @@ def make_loader(batch_size: int, num_samples: int) -> DataLoader:
     generator = torch.Generator().manual_seed(0)
     images = torch.randint(0, 256, (num_samples, 1, 28, 28), dtype=torch.uint8, generator=generator)
     labels = torch.randint(0, NUM_CLASSES, (num_samples, NUM_TASKS), generator=generator)
-    dataset = MultiTaskImageDataset(images, labels, (0.5,), (0.25,), torch.zeros(num_samples, dtype=torch.long))
+    dataset = MultiTaskImageDataset(images, labels, (0.5,), (0.25,))
 
     def with_tasks(batch: tuple[Tensor, Tensor, Tensor]) -> tuple[Tensor, Tensor, Tensor]:
         images, labels, rows = batch

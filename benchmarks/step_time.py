@@ -88,10 +88,18 @@ class _StepTimer(L.Callback):
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
         if batch_idx == self.warmup:
+            _synchronize(pl_module.device)
             self.start = time.perf_counter()
 
     def on_train_end(self, trainer, pl_module) -> None:
+        _synchronize(pl_module.device)
         self.end = time.perf_counter()
+
+
+def _synchronize(device: torch.device) -> None:
+    """Wait for the queued GPU work (timings of asynchronous devices)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
 
 
 def lightning_ms_per_step(
@@ -101,13 +109,17 @@ def lightning_ms_per_step(
     warmup: int,
     progress_bar: bool,
     loader: DataLoader | None = None,
+    accelerator: str = "cpu",
+    precision: str = "32-true",
 ) -> float:
     """Milliseconds per training step of ``model`` through ``Trainer.fit`` on ``loader``
-    (default: random data of the model's input shape), ``warmup`` untimed steps first."""
+    (default: random data of the model's input shape), ``warmup`` untimed steps first, on
+    ``accelerator`` (e.g. ``"gpu"``) in ``precision`` (e.g. ``"bf16-mixed"``)."""
     timer = _StepTimer(warmup)
     trainer = L.Trainer(
         max_epochs=1,
-        accelerator="cpu",
+        accelerator=accelerator,
+        precision=precision,
         logger=False,
         enable_checkpointing=False,
         enable_progress_bar=progress_bar,

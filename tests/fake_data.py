@@ -1,4 +1,5 @@
-"""Tiny data sets in the real on-disk formats (IDX, CIFAR pickles, STL-10 binaries)."""
+"""Tiny data sets in the real on-disk formats (IDX, CIFAR pickles, STL-10 binaries, CelebA's
+JPEGs and text files)."""
 
 import gzip
 import pickle
@@ -6,6 +7,9 @@ import struct
 from pathlib import Path
 
 import numpy as np
+from PIL import Image
+
+from lit_bioplaus.data.celeba import ATTRIBUTES
 
 IDX_FILES = {
     "train-images-idx3-ubyte": (True, "images"),
@@ -70,6 +74,29 @@ def write_stl10(folder: Path, n_train: int = 6, n_test: int = 4, n_unlabeled: in
     return written
 
 
+PARTITION = [0, 1, 0, 2, 0, 0, 1, 2, 0, 1, 2, 0]
+"""Split code of each fake image, interleaved (6 train, 3 val, 3 test)."""
+
+
+def write_celeba(root: Path, n: int = len(PARTITION), seed: int = 0) -> tuple[list[str], np.ndarray]:
+    """``root/celeba`` in torchvision's layout: ``n`` random 218x178 JPEGs, the attribute
+    file (values ±1, padded as the real file) and the partition file. Returns the image
+    names and the ``(n, 40)`` ±1 values."""
+    folder = root / "celeba"
+    (folder / "img_align_celeba").mkdir(parents=True)
+    rng = np.random.default_rng(seed)
+    names = [f"{i + 1:06d}.jpg" for i in range(n)]
+    for name in names:
+        pixels = rng.integers(0, 256, size=(218, 178, 3), dtype=np.uint8)
+        Image.fromarray(pixels).save(folder / "img_align_celeba" / name, quality=90)
+    values = rng.choice([-1, 1], size=(n, len(ATTRIBUTES)))
+    rows = [f"{name} " + " ".join(f"{v:2d}" for v in row) for name, row in zip(names, values, strict=True)]
+    (folder / "list_attr_celeba.txt").write_text(f"{n}\n" + " ".join(ATTRIBUTES) + " \n" + "\n".join(rows) + "\n")
+    codes = PARTITION[:n]
+    (folder / "list_eval_partition.txt").write_text("".join(f"{m} {c}\n" for m, c in zip(names, codes, strict=True)))
+    return names, values
+
+
 def write_all(root: Path) -> Path:
     """Every supported data set, tiny, in torchvision's layout under ``root``."""
     write_mnist(root / "MNIST" / "raw", ".gz")
@@ -77,4 +104,5 @@ def write_all(root: Path) -> Path:
     write_cifar(root / "cifar-10-batches-py", CIFAR10_FILES, b"labels", 10)
     write_cifar(root / "cifar-100-python", {"train": N_TRAIN, "test": N_TEST}, b"fine_labels", 100)
     write_stl10(root / "stl10_binary")
+    write_celeba(root)
     return root

@@ -17,6 +17,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 import ae_init
 import flops
 import guided_step_time
+import resnet_throughput
 import step_time
 
 from lit_bioplaus.algorithms import BackProp, CounterCurrent
@@ -69,3 +70,11 @@ def test_pass_one_on_every_row_gives_the_same_gates():
     assert every_row.keys() == once.keys()
     for index in once:
         assert torch.equal(every_row[index], once[index])
+
+
+def test_resnet_throughput_benchmark_runs_both_rules():
+    args = resnet_throughput.argparse.Namespace(
+        width=2, size=8, batch_size=4, steps=1, warmup=1, accelerator="cpu", precision="32-true"
+    )
+    for cls in (resnet_throughput.GuidedBackProp, resnet_throughput.GuidedCounterHebb):
+        assert resnet_throughput.images_per_second(cls, args) > 0

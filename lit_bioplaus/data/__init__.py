@@ -2,7 +2,9 @@
 
 ``Digits`` needs no download; ``MNIST``, ``FashionMNIST``, ``CIFAR10``, ``CIFAR100`` and
 ``STL10`` read the files in torchvision's on-disk layout (MNIST-style IDX files also
-from a flat folder) and download them when asked with ``download=True``.
+from a flat folder) and download them when asked with ``download=True``. The guided
+(multi-task) ones, ``MultiMNIST`` and ``CelebA`` (40 attributes, served from a
+memory-mapped uint8 cache), derive from ``MultiTaskDataModule``.
 """
 
 from lit_bioplaus.data.base import (
@@ -11,6 +13,7 @@ from lit_bioplaus.data.base import (
     VisionDataModule,
     collate,
 )
+from lit_bioplaus.data.celeba import CelebA
 from lit_bioplaus.data.datasets import DatasetCorruptError
 from lit_bioplaus.data.image_files import ImageFiles
 from lit_bioplaus.data.modules import (
@@ -23,7 +26,8 @@ from lit_bioplaus.data.modules import (
     FashionMNIST,
     get_datamodule,
 )
-from lit_bioplaus.data.multi_mnist import MultiMNIST, MultiTaskImageDataset
+from lit_bioplaus.data.multi_mnist import MultiMNIST
+from lit_bioplaus.data.multi_task import MultiTaskDataModule, MultiTaskImageDataset
 
 __all__ = [
     "CIFAR10",
@@ -31,6 +35,7 @@ __all__ = [
     "DATAMODULES",
     "MNIST",
     "STL10",
+    "CelebA",
     "DatasetCorruptError",
     "DatasetNotFoundError",
     "Digits",
@@ -38,6 +43,7 @@ __all__ = [
     "ImageFiles",
     "InMemoryImageDataset",
     "MultiMNIST",
+    "MultiTaskDataModule",
     "MultiTaskImageDataset",
     "VisionDataModule",
     "collate",

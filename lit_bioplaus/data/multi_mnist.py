@@ -11,6 +11,7 @@ unseeded).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any, Literal
 
 import torch
@@ -18,8 +19,9 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.utils.data import DataLoader
 
-from lit_bioplaus.data.base import InMemoryImageDataset, VisionDataModule
+from lit_bioplaus.data.base import VisionDataModule
 from lit_bioplaus.data.modules import MNIST, Digits, FashionMNIST
+from lit_bioplaus.data.multi_task import MultiTaskDataModule, MultiTaskImageDataset
 
 NEAREST_INDEX = (0, 1, 3, 4, 5, 7, 8, 9, 10, 12, 13, 14, 16, 17, 18, 19, 21, 22, 23, 25, 26, 27, 28, 30, 31, 32, 34, 35)
 """Rows / columns of the 36x36 canvas that PIL's NEAREST resize to 28x28 keeps."""
@@ -63,28 +65,18 @@ def overlay_pairs(images: Tensor, partners: Tensor) -> Tensor:
     return canvas[:, :, index][:, :, :, index].contiguous()
 
 
-class MultiTaskImageDataset(InMemoryImageDataset):
-    """An ``InMemoryImageDataset`` with one label per task, ``targets`` of shape ``(N, T)``;
-    batches are ``(images, labels (B, T), rows (B,))``, ``rows`` being the samples'
-    positions in the split (the DataModule turns them into tasks). ``partners`` ``(N,)``:
-    the source image of each sample's right digit."""
+class MultiMNISTDataset(MultiTaskImageDataset):
+    """A ``MultiTaskImageDataset`` of Multi-MNIST images, labels ``(N, 2)`` (left, right),
+    with ``partners`` ``(N,)``: the source image of each sample's right digit."""
 
-    def __init__(self, images: Tensor, targets: Tensor, mean: Any, std: Any, partners: Tensor) -> None:
-        super().__init__(images, targets[:, 0], mean, std)
-        self.targets = targets.long()
+    def __init__(
+        self, images: Tensor, targets: Tensor, mean: Sequence[float], std: Sequence[float], partners: Tensor
+    ) -> None:
+        super().__init__(images, targets, mean, std)
         self.partners = partners
 
-    def __getitems__(self, indices: list[int]) -> tuple[Tensor, Tensor, Tensor]:  # type: ignore[override]
-        images, labels = super().__getitems__(indices)
-        return images, labels, self.indices[torch.as_tensor(indices, dtype=torch.long)]
 
-    def __getitem__(self, index: int) -> tuple[Tensor, Tensor, Tensor]:  # type: ignore[override]
-        """One sample: image ``(C, H, W)``, labels ``(T,)``, its position ``()``."""
-        images, labels, rows = self.__getitems__([index])
-        return images[0], labels[0], rows[0]
-
-
-class MultiMNIST(VisionDataModule):
+class MultiMNIST(MultiTaskDataModule):
     """Multi-MNIST (or Multi-Fashion-MNIST, Multi-Digits) for guided learning: 28x28 images
     of two overlaid digits, labels ``(N, 2)``, two tasks (0: left, 1: right).
 
@@ -93,11 +85,8 @@ class MultiMNIST(VisionDataModule):
     nothing is left), test = the source's test split with test partners (MNIST: 50,000 /
     10,000 / 10,000; Multi-Digits: 1,438 / none / 359).
 
-    Training batches are ``(x, labels, task)``: each sample's task is drawn uniformly every
-    epoch, from a generator seeded by ``(seed, epoch)`` over the training split's positions,
-    so it does not depend on the sampler, the number of DDP processes or a resume.
-    Evaluation batches carry task 0 in that field (unused: every image is evaluated under
-    every task).
+    Batches as every ``MultiTaskDataModule``'s: training ``(x, labels, task)``, each
+    sample's task drawn per epoch from ``(seed, epoch)``; evaluation batches carry task 0.
 
     Args:
         source: ``"mnist"``, ``"fashion_mnist"`` (the IDX files, found as by those
@@ -131,7 +120,6 @@ class MultiMNIST(VisionDataModule):
         )
         self.name = f"Multi-{self.source_data.name}"
         self.classes = self.source_data.classes
-        self._task_table: tuple[int, Tensor] | None = None
 
     def prepare_data(self) -> None:
         """The source's files (downloaded if asked), or its one clear error."""
@@ -142,14 +130,14 @@ class MultiMNIST(VisionDataModule):
         images, labels = self.source_data.load_split(train)
         return (upscale_digits(images) if self.source == "digits" else images), labels
 
-    def generate(self, images: Tensor, labels: Tensor, offset: int) -> MultiTaskImageDataset:
+    def generate(self, images: Tensor, labels: Tensor, offset: int) -> MultiMNISTDataset:
         """The Multi-MNIST images of one split range, partners drawn with ``generator_seed
         + offset`` (a different stream per range)."""
         generator = torch.Generator().manual_seed(self.generator_seed + offset)
         partners = torch.randint(len(images), (len(images),), generator=generator)
         combined = self.preprocessing().pad_images(overlay_pairs(images, partners))
         targets = torch.stack([labels, labels[partners]], dim=1)
-        return MultiTaskImageDataset(combined, targets, self.mean, self.std, partners)
+        return MultiMNISTDataset(combined, targets, self.mean, self.std, partners)
 
     def setup(self, stage: str | None = None) -> None:
         if stage in (None, "fit", "validate") and self.train_set is None:
@@ -163,24 +151,3 @@ class MultiMNIST(VisionDataModule):
     def val_dataloader(self) -> DataLoader | list:  # type: ignore[override]
         """Validation batches; none (an empty list) when the training split is all used."""
         return [] if self.val_set is None else super().val_dataloader()
-
-    def tasks(self, rows: Tensor, epoch: int) -> Tensor:
-        """``(B,)`` tasks of the training samples at ``rows`` (positions in the training
-        split) for ``epoch``: one uniform draw per position from a generator seeded by
-        ``(seed, epoch)``."""
-        if self.train_set is None:
-            raise RuntimeError(f"{type(self).__name__}.setup() has not loaded the training split yet")
-        if self._task_table is None or self._task_table[0] != epoch:
-            generator = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
-            table = torch.randint(self.num_tasks, (len(self.train_set.images),), generator=generator)
-            self._task_table = (epoch, table)
-        return self._task_table[1][rows.cpu()].to(rows.device)
-
-    def on_before_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
-        """Turn each training batch's ``rows`` into the samples' tasks of the current epoch
-        (task 0 in evaluation batches, where it is not used)."""
-        images, labels, rows = batch
-        trainer = self.trainer
-        if trainer is None or not trainer.training:
-            return images, labels, torch.zeros_like(rows)
-        return images, labels, self.tasks(rows, trainer.current_epoch)
