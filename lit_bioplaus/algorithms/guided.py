@@ -9,7 +9,9 @@ One training step, for ``T`` tasks and sample ``n`` with task ``t_n``:
    the bottom with the activation after each: ``hb_{l-1} = act(fb_l(hb_l))``. The gate of
    activation ``l`` is ``G_l(t) = [hb_l > 0]``. Gates depend on the task only, so pass 1
    runs once per step on ``eye(T)`` (``T`` rows, not ``N``) and the masks are indexed by
-   ``t_n``.
+   ``t_n``. A TD batch-norm normalises the ``T`` rows with the statistics of the batch
+   they stand for (each task weighted by its count; ALGORITHMS.md 4.1.1), so in training the
+   gates also follow the batch's task counts; in evaluation it uses its running statistics.
 2. **Pass 2, guided BU**: ``h_l = act(f_l(h_{l-1})) * G_l(t_n)`` at every activation; the
    head is not gated. Single decoder: ``y = P(h_L)`` (``C`` logits shared by the tasks);
    multi decoder: ``P`` has ``T * C`` outputs, slot ``t_n`` is the sample's.
