@@ -336,7 +336,14 @@ def cli_main(args: Sequence[str] | None = None) -> None:
     """Console-script entry point ``lit-bioplaus``: a known failure (bad option value,
     missing or corrupt data, checkpoint or zoo file, divergence, out of memory, ...) is
     printed as one ``error:`` line, exit status 1 (SIGTERM: 143); set
-    ``LIT_BIOPLAUS_DEBUG=1`` for the traceback. Anything else keeps its traceback."""
+    ``LIT_BIOPLAUS_DEBUG=1`` for the traceback. Anything else keeps its traceback.
+    ``lit-bioplaus report ...`` is :mod:`lit_bioplaus.report`'s command line."""
+    argv = sys.argv[1:] if args is None else list(args)
+    if argv[:1] == ["report"]:
+        from lit_bioplaus.report import main as report_main
+
+        report_main(argv[1:], prog="lit-bioplaus report")
+        return
     try:
         main(args)
     except SIGTERMException:
