@@ -125,7 +125,8 @@ class CounterHebb(BioplausModule):
         """The network; refused if a module has no Counter-Hebb TD pass (``gated_down``),
         or an activation is not ReLU: the paper's TD pass gates the error by ``[h > 0]``
         (GaLU), which is the activation's derivative for ReLU only (for tanh, ELU, ... the
-        update would silently not be the gradient)."""
+        update would silently not be the gradient). Batch-norm parameters the rule never
+        updates (a TD norm's; every norm's with ``td_bn``) are frozen."""
         built = super().build_network(network)
         unsupported = [repr(m) for m in built.modules() if isinstance(m, TwoStreamLayer) and not m.supports_gated_down]
         if unsupported:
@@ -135,6 +136,10 @@ class CounterHebb(BioplausModule):
             raise ValueError(f"error_norm={self.error_norm!r} applies to batch-norm, and the network has none")
         for norm in norms:
             norm.error_norm = self.error_norm
+            if norm.stream == "down" or self.error_norm == "td_bn":
+                # never updated by the rule (as BackProp's feedback-only parameters): frozen,
+                # else DDP finds them unused and stops
+                norm.norm.requires_grad_(False)
         others = sorted({m.name for m in built.modules() if isinstance(m, TwoStreamActivation) and m.name != "relu"})
         if others:
             raise ValueError(
