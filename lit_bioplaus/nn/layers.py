@@ -365,8 +365,11 @@ class TwoStreamConv2d(WeightedTwoStreamLayer):
         return F.conv2d(x, self.weight, self.bias, self.stride, self.padding, self.dilation, self.groups)
 
     def weight_update(self, x: Tensor, delta: Tensor) -> tuple[Tensor, Tensor]:
+        # Under autocast the error can be bf16 / fp16 beside a float32 input (the image):
+        # the convolution backward takes one dtype, so both run in the wider one.
+        dtype = torch.promote_types(x.dtype, delta.dtype)
         weight = torch.nn.grad.conv2d_weight(
-            x, self.weight.shape, delta, self.stride, self.padding, self.dilation, self.groups
+            x.to(dtype), self.weight.shape, delta.to(dtype), self.stride, self.padding, self.dilation, self.groups
         )
         return weight, delta.sum(dim=(0, 2, 3))
 
