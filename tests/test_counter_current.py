@@ -88,7 +88,8 @@ def test_objective_sums_the_local_losses_and_warms_up():
     x, target = batch(model)
     losses, _ = model.local_losses(x, target)
     objective, loss, logits = model.training_objective(x, target)
-    torch.testing.assert_close(objective, 0.5 * torch.stack(losses).sum())
+    torch.testing.assert_close(objective, torch.stack(losses).sum())
+    assert model.objective_scale() == 0.5
     torch.testing.assert_close(loss, torch.nn.functional.cross_entropy(logits, target))
 
 

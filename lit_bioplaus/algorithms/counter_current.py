@@ -33,7 +33,7 @@ import torch.nn.functional as F
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import Tensor
 
-from lit_bioplaus.algorithms.base import BioplausModule, NetworkFactory, check_range
+from lit_bioplaus.algorithms.base import BioplausModule, NetworkFactory, check_range, use_foreach
 from lit_bioplaus.nn import TwoStreamActivation, TwoStreamMirror, TwoStreamNetwork, WeightedTwoStreamLayer
 
 Similarity = Literal["dot", "cosine"]
@@ -160,21 +160,20 @@ class CounterCurrent(BioplausModule):
         return [y, *reversed(signals)]
 
     # --- the local losses -----------------------------------------------------------------
-    def similarity_loss(self, activity: Tensor, signal: Tensor, target: Tensor, keep: Tensor | None) -> Tensor:
+    def similarity_loss(self, activity: Tensor, signal: Tensor, labels: Tensor, keep: Tensor | None) -> Tensor:
         """Classification pair loss at one point.
 
         Args:
             activity: ``(N, ...)`` forward activity ``a_l``.
             signal: ``(C, ...)`` feedback activity ``b_l`` of the ``C`` class one-hots.
-            target: ``(N,)`` labels.
+            labels: ``(N, C)`` label indicator ``Y`` (one-hot rows, ``a_l``'s dtype).
             keep: ``(N,)`` 0/1 weights of the samples that take part (None: all).
         """
         a, b = activity.flatten(1), signal.flatten(1)
         if keep is not None:
             a = a * keep[:, None]
-        labels = F.one_hot(target, b.shape[0]).to(a.dtype)
         if self.similarity == "dot":
-            return self.similarity_scale * F.mse_loss(a @ b.T, labels) / a.shape[1]
+            return F.mse_loss(a @ b.T, labels) * (self.similarity_scale / a.shape[1])
         a, b = F.normalize(a, dim=1), F.normalize(b, dim=1)
         loss = self.similarity_scale * F.mse_loss(a @ b.T, labels)
         if self.anti_collapse_scale:
@@ -203,18 +202,25 @@ class CounterCurrent(BioplausModule):
         top = torch.eye(self.num_classes, device=x.device, dtype=outputs.dtype)
         signals = self.feedback_activities(top)
         keep = self.filter_mask(outputs, target)
-        losses = [self.similarity_loss(a, b, target, keep) for a, b in zip(activities[:-1], signals[:-1], strict=True)]
+        labels = F.one_hot(target, self.num_classes).to(outputs.dtype)
+        losses = [self.similarity_loss(a, b, labels, keep) for a, b in zip(activities[:-1], signals[:-1], strict=True)]
         return [*losses, F.cross_entropy(outputs, target)], outputs
 
     def training_objective(self, x: Tensor, target: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        """Sum of the local losses, scaled by the warm-up factor."""
+        """Sum of the local losses (the warm-up factor is ``objective_scale``)."""
         losses, outputs = self.local_losses(x, target)
-        objective = torch.stack(losses).sum()
-        if self.warmup_steps:
-            batches_done = self.trainer.global_step // 2
-            objective = objective * min(1.0, (batches_done + 1) / self.warmup_steps)
-        self.last_local_losses = torch.stack(losses).detach()
-        return objective, self.loss(outputs, target).detach(), outputs
+        stacked = torch.stack(losses)
+        self.last_local_losses = stacked.detach()
+        # The top local loss of a classifier is the loss of its outputs (the cross-entropy).
+        loss = stacked[-1] if self.task == "classification" and self.loss_name == "ce" else self.loss(outputs, target)
+        return stacked.sum(), loss.detach(), outputs
+
+    def objective_scale(self) -> float:
+        """The warm-up factor ``min(1, (batch + 1) / warmup_steps)`` (1 without warm-up)."""
+        if not self.warmup_steps:
+            return 1.0
+        batches_done = self.trainer.global_step // 2
+        return min(1.0, (batches_done + 1) / self.warmup_steps)
 
     def log_train_metrics(self, loss: Tensor, logits: Tensor, target: Tensor, batch_idx: int) -> None:
         """Also log ``train/local_loss`` (the objective before warm-up) every
@@ -234,7 +240,7 @@ class CounterCurrent(BioplausModule):
         ]
         optimizers, schedulers = [], []
         for params, optimizer_factory, scheduler_factory in networks:
-            optimizer = optimizer_factory(params)
+            optimizer = use_foreach(optimizer_factory(params))
             optimizers.append(optimizer)
             if scheduler_factory is not None:
                 scheduler = scheduler_factory(optimizer)

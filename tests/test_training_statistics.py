@@ -1,0 +1,68 @@
+"""The per-step bookkeeping of every rule: ``TrainingStatistics`` gives what ``MeanMetric``
+(sample-weighted loss), ``MulticlassAccuracy`` (micro) and ``MeanSquaredError`` give over
+batches of unequal size; ``use_foreach`` switches optimizers to torch's foreach kernels and
+leaves the update as it was."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torchmetrics import MeanMetric, MeanSquaredError
+from torchmetrics.classification import MulticlassAccuracy
+
+from lit_bioplaus.algorithms.base import use_foreach
+from lit_bioplaus.algorithms.metrics import TrainingStatistics
+
+BATCHES = (7, 32, 3)
+
+
+def test_classification_statistics_match_torchmetrics():
+    generator = torch.Generator().manual_seed(0)
+    statistics, mean, accuracy = TrainingStatistics(), MeanMetric(), MulticlassAccuracy(5, average="micro")
+    for size in BATCHES:
+        loss = torch.rand((), generator=generator)
+        scores, target = torch.randn(size, 5, generator=generator), torch.randint(0, 5, (size,), generator=generator)
+        statistics.update(loss, scores, target)
+        mean.update(loss, weight=size)
+        accuracy.update(scores, target)
+    loss, acc = statistics.compute()
+    torch.testing.assert_close(loss, mean.compute())
+    torch.testing.assert_close(acc, accuracy.compute())
+    statistics.reset()
+    assert statistics.compute()[0].isnan()
+
+
+def test_autoencoder_statistics_are_the_mean_squared_error():
+    generator = torch.Generator().manual_seed(1)
+    statistics, mse = TrainingStatistics("autoencoder"), MeanSquaredError()
+    for size in BATCHES:
+        outputs, images = (
+            torch.randn(size, 1, 4, 4, generator=generator),
+            torch.randn(size, 1, 4, 4, generator=generator),
+        )
+        statistics.update(torch.nn.functional.mse_loss(outputs, images), outputs, images)
+        mse.update(outputs, images)
+    loss, metric = statistics.compute()
+    torch.testing.assert_close(metric, mse.compute())
+    torch.testing.assert_close(loss, mse.compute())  # equal sizes per sample: the same mean
+
+
+@pytest.mark.parametrize("optimizer", [torch.optim.SGD, torch.optim.Adam, torch.optim.AdamW])
+def test_foreach_optimizers_give_the_for_loop_update(optimizer):
+    torch.manual_seed(0)
+    weights = [torch.randn(5, 3, requires_grad=True), torch.randn(3, requires_grad=True)]
+    copies = [w.detach().clone().requires_grad_(True) for w in weights]
+    loop, fused = optimizer(weights, lr=0.1), use_foreach(optimizer(copies, lr=0.1))
+    assert fused.param_groups[0]["foreach"] is True and loop.param_groups[0]["foreach"] is None
+    for _ in range(3):
+        for params, opt in ((weights, loop), (copies, fused)):
+            opt.zero_grad()
+            (params[0].sin().sum() * params[1].cos().sum()).backward()
+            opt.step()
+    for expected, actual in zip(weights, copies, strict=True):
+        torch.testing.assert_close(actual, expected, rtol=1e-6, atol=1e-7)
+
+
+def test_foreach_false_is_kept():
+    optimizer = use_foreach(torch.optim.SGD([torch.zeros(2, requires_grad=True)], lr=0.1, foreach=False))
+    assert optimizer.param_groups[0]["foreach"] is False
