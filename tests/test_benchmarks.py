@@ -1,5 +1,7 @@
-"""The benchmark scripts keep working (tiny runs), and the FLOP count of a training step
-matches the analytic count for backprop and Counter-Current learning."""
+"""The benchmark scripts keep working (tiny runs), the FLOP count of a training step
+matches the analytic count for backprop and Counter-Current learning, and the step-time
+benchmark's plain Counter-Current loop (written as the official code writes it) makes
+``CounterCurrent``'s update."""
 
 from __future__ import annotations
 
@@ -9,16 +11,18 @@ import sys
 from functools import partial
 from pathlib import Path
 
+import lightning as L
 import pytest
 import torch
+from torch.utils.data import DataLoader, TensorDataset
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 
 import ae_init
 import flops
 import guided_step_time
-import resnet_throughput
 import step_time
+import throughput
 
 from lit_bioplaus.algorithms import BackProp, CounterCurrent
 from lit_bioplaus.data import Digits
@@ -72,9 +76,97 @@ def test_pass_one_on_every_row_gives_the_same_gates():
         assert torch.equal(every_row[index], once[index])
 
 
-def test_resnet_throughput_benchmark_runs_both_rules():
-    args = resnet_throughput.argparse.Namespace(
-        width=2, size=8, batch_size=4, steps=1, warmup=1, accelerator="cpu", precision="32-true"
+TINY = ["--steps", "1", "--warmup", "1", "--repeats", "1"]
+
+
+def test_ccl_table_runs_every_column(capsys):
+    step_time.main(["--tables", "ccl", "--batch-sizes", "8", *TINY])
+    out = capsys.readouterr().out
+    assert "threads=1" in out and "round robin" in out
+    rows = [line for line in out.splitlines() if line.startswith("| CCL") or line.startswith("| CH")]
+    assert [row.split(" | ")[0] for row in rows] == ["| CCL", "| CH sym", "| CH asym"]
+    assert rows[0].count(" - ") == 0 and rows[1].count(" - ") == 2  # plain CCL: CCL rows only
+
+
+@pytest.mark.parametrize("rule", ["CCL", "CH asym"])
+def test_profile_splits_the_lightning_step(rule, capsys):
+    profile = step_time.profile_lightning_steps(step_time.make_model(rule), 8, 3, 1)
+    assert set(profile) == {*step_time.PROFILE_CATEGORIES, "fit loop", "total"}
+    assert all(profile[category] > 0 for category in ("objective", "backward", "optimizer", "metrics", "data"))
+    assert 0 <= profile["fit loop"] < profile["total"]  # every category is timed inside the step
+    if rule == "CCL":
+        assert profile["clipping"] > 0
+        step_time.main(["--profile", rule, "--batch-sizes", "8", "--steps", "2", "--warmup", "1"])
+        out = capsys.readouterr().out
+        assert "| rule: training_objective" in out and "a - b =" in out
+
+
+@pytest.mark.parametrize(("dtype", "tolerance"), [(torch.float32, 1e-5), (torch.float64, 1e-12)])
+def test_plain_ccl_step_makes_the_update_of_counter_current(dtype, tolerance):
+    """One step of the official-style loop from the module's initial weights gives the
+    module's weights after its own first (Lightning) step: an independent formulation.
+    The inputs are scaled so that both networks' updates are clipped (to norm 1)."""
+    torch.manual_seed(0)
+    model = step_time.make_ccl_model().to(dtype)
+    plain = step_time.PlainCCLMLP.copy_of(model)
+    x = 8 * torch.randn(32, *step_time.INPUT_SHAPE, dtype=dtype)
+    y = torch.randint(0, step_time.NUM_CLASSES, (32,))
+    before = [p.detach().clone() for p in plain.parameters()]
+    loss = step_time.plain_ccl_step(plain, *step_time.plain_ccl_optimizers(plain), x, y)
+    trainer = L.Trainer(
+        max_epochs=1, logger=False, enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False
     )
-    for cls in (resnet_throughput.GuidedBackProp, resnet_throughput.GuidedCounterHebb):
-        assert resnet_throughput.images_per_second(cls, args) > 0
+    trainer.fit(model, DataLoader(TensorDataset(x, y), batch_size=32))
+    assert loss.item() > model.last_local_losses[-1].item() > 0  # the summed losses, their top CE
+    layers = model.network.weighted_layers()
+    ours = [layer.weight for layer in layers] + [layer.feedback_weight.T for layer in layers]
+    theirs = list(plain.parameters())  # the forward layers, then the backward layers
+    assert len(ours) == len(theirs) == len(before) == 12
+    for network in (slice(0, 6), slice(6, 12)):
+        updates = [after - start for after, start in zip(theirs[network], before[network], strict=True)]
+        assert torch.stack([update.norm() for update in updates]).norm().item() == pytest.approx(1, abs=1e-5)
+    for mine, official, start in zip(ours, theirs, before, strict=True):
+        assert mine.dtype == official.dtype == dtype
+        torch.testing.assert_close(mine, official, rtol=0, atol=tolerance)
+        torch.testing.assert_close(mine - start, official - start, rtol=0, atol=tolerance)
+
+
+def test_throughput_benchmark_runs_every_recipe(capsys):
+    tiny_networks = "--conv-channels 2 2 --cnn5-channels 2 2 2 2 2 --width 2 --resnet-size 16"
+    batches = "--conv-batch-sizes 4 --cnn5-batch-sizes 4 --resnet-batch-sizes 4"
+    throughput.main([*TINY, *tiny_networks.split(), *batches.split()])
+    out = capsys.readouterr().out
+    assert "threads=1" in out and "1 timed steps" in out and "round robin" in out
+    rows = [line.split(" | ") for line in out.splitlines() if line.startswith("| ") and "---" not in line][1:]
+    assert [row[0][2:] for row in rows] == ["BP", "CH sym", "CH asym", "FA", "DFA", "BP", "CCL", "BP twin", "guided CH"]
+    assert all(float(row[3]) > 0 for row in rows)
+
+
+def test_throughput_compile_flag_reaches_the_modules():
+    args = throughput.parser().parse_args(["--compile", "--width", "2", "--resnet-size", "16"])
+    throughput.check_compile_option()  # this lit_bioplaus has the option
+    for row in throughput.rows_of(args):
+        assert row.build().hparams["compile"] is True
+
+    class WithoutCompile:
+        def __init__(self, network=None) -> None: ...
+
+    with pytest.raises(SystemExit, match="--compile"):
+        throughput.check_compile_option([WithoutCompile])
+
+
+def test_throughput_lists_a_failing_row_and_measures_the_others(capsys, monkeypatch):
+    measure = throughput.ms_per_step
+
+    def fail_for_guided_ch(row, args):
+        if row.rule == "guided CH":
+            raise RuntimeError("no kernel\nsecond line")
+        return measure(row, args)
+
+    monkeypatch.setattr(throughput, "ms_per_step", fail_for_guided_ch)
+    throughput.main([*TINY, "--repeats", "2", "--recipes", "resnet", "--width", "2", "--resnet-size", "16"])
+    out = capsys.readouterr().out
+    assert "| guided CH | guided ResNet18 w2, 16x16, 40 tasks | 100 | failed | - |" in out
+    assert "failed: guided CH on guided ResNet18 w2, 16x16, 40 tasks, batch 100: RuntimeError: no kernel\n" in out
+    bp_twin = next(line for line in out.splitlines() if line.startswith("| BP twin"))
+    assert float(bp_twin.split(" | ")[3]) > 0
