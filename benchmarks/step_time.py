@@ -97,25 +97,27 @@ def make_loader(
     return DataLoader(dataset, batch_size=batch_size, shuffle=True, collate_fn=collate)
 
 
-def make_model(algorithm: str = "BP") -> BioplausModule:
+def make_model(algorithm: str = "BP", compile: bool = False) -> BioplausModule:
     """``algorithm`` (a key of ``ALGORITHMS``, or ``"CCL"``: ``make_ccl_model``) on the
-    784-500-10 ReLU MLP with Adam 1e-4."""
+    784-500-10 ReLU MLP with Adam 1e-4 (``compile``: its objective through torch.compile)."""
     if algorithm == "CCL":
-        return make_ccl_model()
+        return make_ccl_model(compile)
     cls, weight_mode = ALGORITHMS[algorithm]
     return cls(
         network=lambda shape, classes: MLP(shape, classes, hidden=[500], weight_mode=weight_mode),
         num_classes=NUM_CLASSES,
         input_shape=INPUT_SHAPE,
         optimizer=lambda params: torch.optim.Adam(params, lr=1e-4),
+        compile=compile,
     )
 
 
-def make_ccl_model() -> CounterCurrent:
+def make_ccl_model(compile: bool = False) -> CounterCurrent:
     """The paper's MNIST recipe (``configs/ccl/mlp256x6_fashion_mnist.yaml``): 784-256x5-10,
     ELU, no biases, separate feedback weights, dot similarity scaled by 128, both networks
     trained by SGD lr 1 with gradient-norm clip 1."""
     return CounterCurrent(
+        compile=compile,
         network=partial(MLP, hidden=CCL_HIDDEN, activation="elu", bias=False, weight_mode="asymmetric"),
         num_classes=NUM_CLASSES,
         input_shape=INPUT_SHAPE,
@@ -185,8 +187,10 @@ def lightning_ms_per_step(
     return (timer.end - timer.start) / steps * 1e3
 
 
-def _lightning_ms_of_rule(algorithm: str, batch_size: int, steps: int, warmup: int, progress_bar: bool) -> float:
-    return lightning_ms_per_step(make_model(algorithm), batch_size, steps, warmup, progress_bar)
+def _lightning_ms_of_rule(
+    algorithm: str, batch_size: int, steps: int, warmup: int, progress_bar: bool, compile: bool = False
+) -> float:
+    return lightning_ms_per_step(make_model(algorithm, compile), batch_size, steps, warmup, progress_bar)
 
 
 def plain_ms_per_step(batch_size: int, steps: int, warmup: int) -> float:
@@ -548,18 +552,27 @@ def print_ccl_table(args: argparse.Namespace) -> None:
             measures[f"{rule} a"] = partial(_lightning_ms_of_rule, rule, *timing, args.progress_bar)
             measures[f"{rule} b"] = partial(_bare_ms_of_rule, rule, *timing)
         measures["CCL c"] = partial(plain_ccl_ms_per_step, *timing)
+        if args.compile:  # the warm-up steps hold the compilation (about 20 s a model)
+            measures["CCL a*"] = partial(_lightning_ms_of_rule, "CCL", *timing, args.progress_bar, True)
         medians = median_ms_round_robin(measures, args.repeats)
         rows += [
-            (rule, batch_size, medians[f"{rule} a"], medians[f"{rule} b"], medians.get(f"{rule} c"))
+            (rule, batch_size, *(medians.get(f"{rule} {column}") for column in ("a", "b", "c", "a*")))
             for rule in CCL_TABLE_RULES
         ]
     print(f"\nCounter-Current and Counter-Hebb, Lightning versus the bare step and plain CCL; {header(args)}")
     print("CCL: SGD lr 1, clip 1 (both networks), dot similarity x128; CH: Adam 1e-4\n")
-    print("| rule | network | batch | Lightning ms/step (a) | bare step ms (b) | a / b | plain CCL ms (c) | a / c |")
-    print("|:--|:--|--:|--:|--:|--:|--:|--:|")
-    for rule, batch_size, a, b, c in rows:
+    compiled = " Lightning, compile: true (a*) | a* / c |" if args.compile else ""
+    print(
+        "| rule | network | batch | Lightning ms/step (a) | bare step ms (b) | a / b | plain CCL ms (c) | a / c |"
+        + compiled
+    )
+    print("|:--|:--|--:|--:|--:|--:|--:|--:|" + ("--:|--:|" if args.compile else ""))
+    for rule, batch_size, a, b, c, a_compiled in rows:
         plain = f"{c:.3f} | {a / c:.2f}" if c is not None else "- | -"
-        print(f"| {rule} | {NETWORKS[rule]} | {batch_size} | {a:.3f} | {b:.3f} | {a / b:.2f} | {plain} |")
+        line = f"| {rule} | {NETWORKS[rule]} | {batch_size} | {a:.3f} | {b:.3f} | {a / b:.2f} | {plain} |"
+        if args.compile:
+            line += f" {a_compiled:.3f} | {a_compiled / c:.2f} |" if a_compiled is not None else " - | - |"
+        print(line)
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -570,6 +583,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--batch-sizes", type=int, nargs="+", default=[32, 256])
     parser.add_argument("--threads", type=int, default=1, help="CPU threads (torch.set_num_threads); default 1")
     parser.add_argument("--progress-bar", action="store_true")
+    parser.add_argument("--compile", action="store_true", help="CCL table: also CCL with compile: true (a*)")
     parser.add_argument(
         "--tables", nargs="+", choices=["framework", "rules", "ccl"], default=["framework", "rules", "ccl"]
     )

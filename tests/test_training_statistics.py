@@ -1,7 +1,7 @@
 """The per-step bookkeeping of every rule: ``TrainingStatistics`` gives what ``MeanMetric``
 (sample-weighted loss), ``MulticlassAccuracy`` (micro) and ``MeanSquaredError`` give over
-batches of unequal size; ``use_foreach`` switches optimizers to torch's foreach kernels and
-leaves the update as it was."""
+batches of unequal size; ``use_fast_kernels`` switches optimizers to torch's fused (else foreach)
+kernels and leaves the update as it was."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import torch
 from torchmetrics import MeanMetric, MeanSquaredError
 from torchmetrics.classification import MulticlassAccuracy
 
-from lit_bioplaus.algorithms.base import use_foreach
+from lit_bioplaus.algorithms.base import use_fast_kernels
 from lit_bioplaus.algorithms.metrics import TrainingStatistics
 
 BATCHES = (7, 32, 3)
@@ -47,22 +47,32 @@ def test_autoencoder_statistics_are_the_mean_squared_error():
     torch.testing.assert_close(loss, mse.compute())  # equal sizes per sample: the same mean
 
 
-@pytest.mark.parametrize("optimizer", [torch.optim.SGD, torch.optim.Adam, torch.optim.AdamW])
-def test_foreach_optimizers_give_the_for_loop_update(optimizer):
+@pytest.mark.parametrize(
+    ("optimizer", "kernel"),
+    [
+        (torch.optim.SGD, "fused"),
+        (torch.optim.Adam, "fused"),
+        (torch.optim.AdamW, "fused"),
+        (torch.optim.RMSprop, "foreach"),
+    ],
+)
+def test_fast_kernels_give_the_for_loop_update(optimizer, kernel):
     torch.manual_seed(0)
     weights = [torch.randn(5, 3, requires_grad=True), torch.randn(3, requires_grad=True)]
     copies = [w.detach().clone().requires_grad_(True) for w in weights]
-    loop, fused = optimizer(weights, lr=0.1), use_foreach(optimizer(copies, lr=0.1))
-    assert fused.param_groups[0]["foreach"] is True and loop.param_groups[0]["foreach"] is None
+    loop, fast = optimizer(weights, lr=0.1), use_fast_kernels(optimizer(copies, lr=0.1))
+    assert fast.param_groups[0][kernel] is True and loop.param_groups[0][kernel] is None
     for _ in range(3):
-        for params, opt in ((weights, loop), (copies, fused)):
+        for params, opt in ((weights, loop), (copies, fast)):
             opt.zero_grad()
             (params[0].sin().sum() * params[1].cos().sum()).backward()
             opt.step()
     for expected, actual in zip(weights, copies, strict=True):
-        torch.testing.assert_close(actual, expected, rtol=1e-6, atol=1e-7)
+        torch.testing.assert_close(actual, expected, rtol=1e-6, atol=1e-6)
 
 
-def test_foreach_false_is_kept():
-    optimizer = use_foreach(torch.optim.SGD([torch.zeros(2, requires_grad=True)], lr=0.1, foreach=False))
-    assert optimizer.param_groups[0]["foreach"] is False
+@pytest.mark.parametrize("setting", [{"foreach": False}, {"fused": False}, {"foreach": True}])
+def test_a_kernel_chosen_in_the_config_is_kept(setting):
+    optimizer = use_fast_kernels(torch.optim.Adam([torch.zeros(2, requires_grad=True)], lr=0.1, **setting))
+    group = optimizer.param_groups[0]
+    assert {key: group[key] for key in setting} == setting and not (group["fused"] and group["foreach"])

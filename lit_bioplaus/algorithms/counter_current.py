@@ -33,7 +33,7 @@ import torch.nn.functional as F
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import Tensor
 
-from lit_bioplaus.algorithms.base import BioplausModule, NetworkFactory, check_range, use_foreach
+from lit_bioplaus.algorithms.base import BioplausModule, NetworkFactory, check_range, use_fast_kernels
 from lit_bioplaus.nn import TwoStreamActivation, TwoStreamMirror, TwoStreamNetwork, WeightedTwoStreamLayer
 
 Similarity = Literal["dot", "cosine"]
@@ -240,7 +240,7 @@ class CounterCurrent(BioplausModule):
         ]
         optimizers, schedulers = [], []
         for params, optimizer_factory, scheduler_factory in networks:
-            optimizer = use_foreach(optimizer_factory(params))
+            optimizer = use_fast_kernels(optimizer_factory(params))
             optimizers.append(optimizer)
             if scheduler_factory is not None:
                 scheduler = scheduler_factory(optimizer)
