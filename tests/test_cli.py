@@ -59,7 +59,8 @@ def test_bad_yaml_is_a_clear_error(tmp_path):
 
 
 def test_wandb_offline_run_records_metrics(tmp_path, monkeypatch):
-    wandb = pytest.importorskip("wandb")
+    import wandb
+
     monkeypatch.setenv("WANDB_MODE", "offline")
     monkeypatch.setenv("WANDB_SILENT", "true")
     monkeypatch.delenv("WANDB_API_KEY", raising=False)

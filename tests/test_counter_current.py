@@ -149,7 +149,8 @@ def test_autoencoder_logs_reconstruction_grid_to_csv_run(tmp_path):
 
 
 def test_autoencoder_logs_reconstruction_grid_to_wandb(tmp_path, monkeypatch):
-    wandb = pytest.importorskip("wandb")
+    import wandb
+
     from lit_bioplaus.cli import main
 
     monkeypatch.setenv("WANDB_MODE", "offline")

@@ -33,7 +33,8 @@ API_KEY = "0123456789abcdef0123456789abcdef01234567"  # a well-formed, made-up k
 def wandb(tmp_path, monkeypatch):
     """wandb for a user who never ran ``wandb login``: empty home, netrc and settings,
     WANDB_* unset, and wandb's once-per-process settings reread."""
-    wandb = pytest.importorskip("wandb")
+    import wandb
+
     home = tmp_path / "home"
     home.mkdir()
     monkeypatch.setenv("HOME", str(home))
