@@ -46,6 +46,7 @@ import torch
 import torch.nn.functional as F
 import torchvision
 from lightning.pytorch.loggers import TensorBoardLogger, WandbLogger
+from lightning.pytorch.utilities import rank_zero_warn
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
@@ -258,8 +259,15 @@ def write_png(path: Path, image: Tensor) -> Path:
 
 
 def run_folder(trainer: L.Trainer) -> Path:
-    """``<trainer.log_dir or default_root_dir>/analysis`` (a collective: call it on every rank)."""
-    return Path(trainer.log_dir or trainer.default_root_dir) / "analysis"
+    """``analysis/`` in the run's own folder: the W&B run's files folder (uploaded with the
+    run; ``trainer.log_dir`` would be the ``save_dir`` every W&B run shares), else
+    ``trainer.log_dir`` (the CSV / TensorBoard version folder) or ``default_root_dir``. A
+    collective: call it on every rank (only rank 0 writes there)."""
+    folder = Path(trainer.log_dir or trainer.default_root_dir)
+    wandb_loggers = [logger for logger in trainer.loggers if isinstance(logger, WandbLogger)]
+    if wandb_loggers and trainer.is_global_zero:
+        folder = Path(wandb_loggers[0].experiment.dir)
+    return folder / "analysis"
 
 
 @contextmanager
@@ -305,6 +313,10 @@ class AnalysisCallback(L.Callback):
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if (trainer.current_epoch + 1) % self.every_n_epochs or not trainer.is_global_zero:
+            return
+        if not bool(torch.stack([p.isfinite().all() for p in pl_module.parameters()]).all()):
+            # diverged: the module's own check at this epoch's end stops every process
+            rank_zero_warn(f"{type(self).__name__}: parameters not finite, no figure this epoch")
             return
         with evaluating(pl_module):
             image, caption = self.render(trainer, pl_module)

@@ -354,7 +354,8 @@ def test_wandb_offline_run_of_a_shipped_config_holds_the_images(config, wandb, d
         name, _, key = figure.partition(":")
         key = key or f"analysis/{name}"
         assert list(media.glob(f"{key}_*.png")), sorted(str(p.relative_to(media)) for p in media.rglob("*.png"))
-        assert list((tmp_path / "analysis").glob(f"{name}_epoch*.png")), name
+        assert list((run / "files" / "analysis").glob(f"{name}_epoch*.png")), name  # the run's own folder
+    assert not (tmp_path / "analysis").exists()  # not the save_dir every W&B run shares
 
 
 def test_cost_benchmark_prints_a_row_per_callback(data_root, capsys):

@@ -76,3 +76,13 @@ def test_a_kernel_chosen_in_the_config_is_kept(setting):
     optimizer = use_fast_kernels(torch.optim.Adam([torch.zeros(2, requires_grad=True)], lr=0.1, **setting))
     group = optimizer.param_groups[0]
     assert {key: group[key] for key in setting} == setting and not (group["fused"] and group["foreach"])
+
+
+def test_counts_survive_a_cast_to_half_precision():
+    """``bf16-true`` casts the module with ``.to(torch.bfloat16)``: counts stay exact."""
+    statistics = TrainingStatistics().to(torch.bfloat16)
+    scores, target = torch.eye(5)[torch.arange(128) % 5], torch.arange(128) % 5
+    for _ in range(600):
+        statistics.update(torch.tensor(0.5, dtype=torch.bfloat16), scores.bfloat16(), target)
+    loss, acc = statistics.compute()
+    assert int(statistics.samples) == 600 * 128 and acc == 1.0 and loss == 0.5

@@ -114,22 +114,28 @@ def _has_foreach(tensors: Sequence[Tensor]) -> bool:
     return bool(tensors) and tensors[0].device.type in ("cpu", "cuda")
 
 
+FUSED_OPTIMIZERS = (torch.optim.Adam, torch.optim.AdamW, torch.optim.SGD)
+"""Optimizers switched to their fused kernels: their state is created at the first step, so the
+switch can come after construction."""
+
+
 def use_fast_kernels(optimizer: torch.optim.Optimizer) -> torch.optim.Optimizer:
-    """Run ``optimizer``'s groups on torch's fused kernels where the optimizer has them
-    (``fused``: Adam, AdamW, SGD, Adagrad, ...: the whole update of a tensor in one pass over
-    its memory; Adam's step on the 784-500-10 MLP is 2.6x faster on one CPU thread), else on
-    its multi-tensor ``foreach`` kernels, where the config left the choice to PyTorch
-    (``fused`` and ``foreach`` unset; PyTorch itself would pick ``foreach`` on CUDA and the
-    per-tensor loop on CPU). The same update, to float rounding. ``foreach: false`` (or
-    ``fused: false``) in the optimizer's config keeps PyTorch's choice.
+    """Run ``optimizer``'s groups on torch's fused kernels for Adam, AdamW and SGD (the whole
+    update of a tensor in one pass over its memory: Adam's step on the 784-500-10 MLP is 2.6x
+    faster on one CPU thread), else on the multi-tensor ``foreach`` kernels, where the config
+    left the choice to PyTorch (``fused`` and ``foreach`` unset) and the group is not
+    ``differentiable``. PyTorch alone would use ``foreach`` on CUDA and the per-tensor loop on
+    CPU. The same update, to float rounding. Setting ``foreach`` or ``fused`` in the
+    optimizer's config keeps that setting.
 
     The groups' flags are read by every ``step``; the optimizer is not told ``fused`` at
     construction, so a ``GradScaler`` unscales its gradients before the step (and before the
     clipping in ``on_before_optimizer_step``) as for any other optimizer."""
+    kernel = "fused" if type(optimizer) in FUSED_OPTIMIZERS else "foreach"
     for group in optimizer.param_groups:
         undecided = group.get("foreach", False) is None and group.get("fused", None) is None
-        if undecided and _has_foreach(group["params"]):
-            group["fused" if "fused" in group else "foreach"] = True
+        if undecided and not group.get("differentiable") and _has_foreach(group["params"]):
+            group[kernel] = True
     return optimizer
 
 
@@ -265,10 +271,16 @@ class BioplausModule(L.LightningModule):
             target: ``(N,)`` class labels, or for an autoencoder the images ``x``.
 
         Returns:
-            ``(objective, loss, logits)``: the scalar whose gradient is the update, the
-            detached batch loss (for logging) and the ``(N, num_classes)`` outputs.
+            ``(objective, loss, logits)``: the scalar whose gradient (times
+            ``objective_scale()``, 1 but in a warm-up) is the update, the detached batch loss
+            (for logging) and the ``(N, num_classes)`` outputs.
         """
         raise NotImplementedError
+
+    def __getstate__(self) -> dict[str, Any]:
+        """Pickles and deep copies leave the compiled objective behind (it is bound to this
+        module; a copy compiles its own)."""
+        return {**super().__getstate__(), "_compiled_objective": None}
 
     def objective_scale(self) -> float:
         """Factor of this step's objective (1; a rule's warm-up overrides it). Applied
@@ -311,14 +323,12 @@ class BioplausModule(L.LightningModule):
             self.train()
 
     def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
-        """Clip ``optimizer``'s update to its global 2-norm (after AMP unscaling: the
-        precision plugin unscales before this hook), in one fused pass: ``_foreach_norm``
-        over the updates, then one ``_foreach_mul_`` by ``min(1, clip / (norm + 1e-6))``
-        (``torch.nn.utils.clip_grad_norm_``, no host-device sync)."""
+        """Clip ``optimizer``'s update to its global 2-norm through the precision plugin
+        (after AMP unscaling; it refuses optimizers that unscale inside their step), one
+        foreach pass of ``torch.nn.utils.clip_grad_norm_`` and no host-device sync."""
         clip = self.gradient_clip_value(optimizer)
         if clip is not None:
-            params = [p for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
-            torch.nn.utils.clip_grad_norm_(params, clip, foreach=_has_foreach(params))
+            self.clip_gradients(optimizer, gradient_clip_val=clip, gradient_clip_algorithm="norm")
 
     def gradient_clip_value(self, optimizer: torch.optim.Optimizer) -> float | None:
         """The global-norm clip for ``optimizer``'s update (None: no clipping)."""

@@ -2,17 +2,22 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
+
 import torch
 from torch import Tensor
+from torch.nn import Module
 from torchmetrics import Metric
 
 
 class TrainingStatistics(Metric):
     """Mean training loss and metric of an epoch, as one ``torchmetrics.Metric``.
 
-    Every ``update`` adds ``(loss * N, hits)`` to one ``(2,)`` sum and ``(N, M)`` to one
-    ``(2,)`` count (a handful of small tensor ops and no host-device sync, where a
-    ``MeanMetric`` plus a ``MulticlassAccuracy`` cost about three times as much per step);
+    Every ``update`` adds ``loss * N`` to a float sum, ``hits`` to a sum (an integer count
+    for classification), and ``N`` and ``M`` to two integer counts: a handful of small tensor
+    ops and no host-device sync, where a ``MeanMetric`` plus a ``MulticlassAccuracy`` cost
+    about three times as much per step. Counts are int64 and the sums stay float32 when the
+    module is cast to half precision (``bf16-true`` / ``16-true``): only moves reach them.
     ``compute`` returns
 
     * the loss ``sum_b loss_b N_b / sum_b N_b`` (the sample-weighted mean, as
@@ -34,8 +39,21 @@ class TrainingStatistics(Metric):
     def __init__(self, task: str = "classification") -> None:
         super().__init__()
         self.task = task
-        self.add_state("sums", torch.zeros(2), dist_reduce_fx="sum")
-        self.add_state("counts", torch.zeros(2), dist_reduce_fx="sum")
+        hits = torch.zeros((), dtype=torch.int64 if task == "classification" else torch.float32)
+        self.add_state("loss_sum", torch.zeros(()), dist_reduce_fx="sum")
+        self.add_state("hits", hits, dist_reduce_fx="sum")
+        self.add_state("samples", torch.zeros((), dtype=torch.int64), dist_reduce_fx="sum")
+        self.add_state("elements", torch.zeros((), dtype=torch.int64), dist_reduce_fx="sum")
+
+    def _apply(self, fn: Callable, exclude_state: Sequence[str] = ()) -> Module:
+        """Device moves reach every state; dtype casts leave the float sums alone."""
+        kept = ("loss_sum", "hits")
+        this = super()._apply(fn, exclude_state=(*kept, *exclude_state))
+        device = fn(torch.zeros(())).device
+        for key in kept:
+            this._defaults[key] = this._defaults[key].to(device)
+            setattr(this, key, getattr(this, key).to(device))
+        return this
 
     def update(self, loss: Tensor, scores: Tensor, target: Tensor) -> None:
         """Add one batch.
@@ -47,14 +65,16 @@ class TrainingStatistics(Metric):
         """
         batch = target.shape[0]
         if self.task == "classification":
-            hits, elements = (scores.argmax(dim=-1) == target).sum(), batch
+            self.hits += (scores.argmax(dim=-1) == target).sum()
+            self.elements += batch
         else:
-            hits, elements = (scores.float() - target.float()).square().sum(), target.numel()
-        dtype = self.sums.dtype
-        self.sums += torch.stack([loss.detach().to(dtype) * batch, hits.to(dtype)])
-        self.counts += self.counts.new_tensor([batch, elements])
+            self.hits += (scores.float() - target.float()).square().sum().to(self.hits.dtype)
+            self.elements += target.numel()
+        self.loss_sum += loss.detach().to(self.loss_sum.dtype) * batch
+        self.samples += batch
 
     def compute(self) -> tuple[Tensor, Tensor]:
-        """``(loss, metric)`` of the batches so far (NaN before the first)."""
-        loss, metric = self.sums / self.counts
-        return loss, metric
+        """``(loss, metric)`` of the batches so far (NaN before the first), in float32."""
+        loss = self.loss_sum.double() / self.samples
+        metric = self.hits.double() / self.elements
+        return loss.float(), metric.float()
