@@ -86,3 +86,28 @@ def test_counts_survive_a_cast_to_half_precision():
         statistics.update(torch.tensor(0.5, dtype=torch.bfloat16), scores.bfloat16(), target)
     loss, acc = statistics.compute()
     assert int(statistics.samples) == 600 * 128 and acc == 1.0 and loss == 0.5
+
+
+def test_clipping_refuses_an_optimizer_that_unscales_inside_its_step_under_16_mixed():
+    import lightning as L
+    from lightning.pytorch.plugins.precision import MixedPrecision
+    from torch.utils.data import DataLoader, TensorDataset
+
+    from lit_bioplaus import BackProp
+    from lit_bioplaus.nn import MLP
+
+    model = BackProp(
+        network=lambda shape, classes: MLP(shape, classes, hidden=[4]),
+        num_classes=3,
+        input_shape=(1, 2, 2),
+        optimizer=lambda params: torch.optim.Adam(params, fused=True),
+        gradient_clip_val=1.0,
+    )
+    data = DataLoader(TensorDataset(torch.randn(4, 1, 2, 2), torch.tensor([0, 1, 2, 0])), batch_size=4)
+    scaled = MixedPrecision("16-mixed", "cpu", scaler=torch.amp.GradScaler("cpu"))  # as 16-mixed on a GPU
+    trainer = L.Trainer(
+        accelerator="cpu", plugins=[scaled], max_steps=1, logger=False, enable_checkpointing=False,
+        enable_progress_bar=False, enable_model_summary=False,
+    )  # fmt: skip
+    with pytest.raises(RuntimeError, match="unscales its gradients inside its step"):
+        trainer.fit(model, data)

@@ -13,6 +13,7 @@ import torch.nn.functional as F
 import torchvision
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from lightning.pytorch.loggers import Logger, TensorBoardLogger, WandbLogger
+from lightning.pytorch.plugins.precision import DoublePrecision, HalfPrecision, MixedPrecision, Precision
 from torch import Tensor
 from torchmetrics import MeanSquaredError
 from torchmetrics.classification import MulticlassAccuracy
@@ -113,6 +114,9 @@ def _has_foreach(tensors: Sequence[Tensor]) -> bool:
     ``tensors``' device (CPU, CUDA)."""
     return bool(tensors) and tensors[0].device.type in ("cpu", "cuda")
 
+
+PLAIN_PRECISIONS = (Precision, MixedPrecision, HalfPrecision, DoublePrecision)
+"""Precision plugins whose gradient clipping is ``clip_grad_norm_`` on the unscaled updates."""
 
 FUSED_OPTIMIZERS = (torch.optim.Adam, torch.optim.AdamW, torch.optim.SGD)
 """Optimizers switched to their fused kernels: their state is created at the first step, so the
@@ -323,12 +327,26 @@ class BioplausModule(L.LightningModule):
             self.train()
 
     def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
-        """Clip ``optimizer``'s update to its global 2-norm through the precision plugin
-        (after AMP unscaling; it refuses optimizers that unscale inside their step), one
-        foreach pass of ``torch.nn.utils.clip_grad_norm_`` and no host-device sync."""
+        """Clip ``optimizer``'s update to its global 2-norm, after AMP unscaling, with no
+        host-device sync. Under the plain precision plugins (32 / 64 / half / mixed) it is one
+        foreach pass of ``torch.nn.utils.clip_grad_norm_`` (Lightning's own path takes the
+        per-tensor loop on CPU), with Lightning's refusal of an optimizer that unscales inside
+        its step (its gradients are still scaled here); other plugins clip their own way."""
         clip = self.gradient_clip_value(optimizer)
-        if clip is not None:
+        if clip is None:
+            return
+        if type(self.trainer.precision_plugin) not in PLAIN_PRECISIONS:
             self.clip_gradients(optimizer, gradient_clip_val=clip, gradient_clip_algorithm="norm")
+            return
+        if getattr(self.trainer.precision_plugin, "scaler", None) is not None and getattr(
+            optimizer, "_step_supports_amp_scaling", False
+        ):
+            raise RuntimeError(
+                f"{type(optimizer).__qualname__} unscales its gradients inside its step, so they cannot be clipped "
+                "before it under 16-mixed: drop fused=True or gradient_clip_val"
+            )
+        params = [p for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
+        torch.nn.utils.clip_grad_norm_(params, clip, foreach=_has_foreach(params))
 
     def gradient_clip_value(self, optimizer: torch.optim.Optimizer) -> float | None:
         """The global-norm clip for ``optimizer``'s update (None: no clipping)."""
