@@ -59,7 +59,7 @@ from lit_bioplaus.algorithms.base import check_range, log_image
 from lit_bioplaus.algorithms.counter_hebb import trace_up
 from lit_bioplaus.io import atomic_write
 from lit_bioplaus.nn import TwoStreamActivation, TwoStreamConv2d, TwoStreamLinear, TwoStreamNetwork
-from lit_bioplaus.subnetworks import SubnetworkMonitor, heat_map, mask_statistics, task_masks
+from lit_bioplaus.subnetworks import SubnetworkMonitor
 
 __all__ = [
     "AnalysisCallback",
@@ -640,10 +640,8 @@ class SubnetworkMaps(SubnetworkMonitor):
             raise ValueError(f"SubnetworkMaps needs a guided module, got {type(pl_module).__name__}")
         self.folder = run_folder(trainer)
 
-    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        super().on_train_epoch_end(trainer, pl_module)
-        if (trainer.current_epoch + 1) % self.every_n_epochs or not trainer.is_global_zero:
-            return
-        assert self.folder is not None and isinstance(pl_module, GuidedLearning)
-        _, cosine = mask_statistics(task_masks(pl_module))
-        write_png(self.folder / f"{self.name}_epoch{trainer.current_epoch}.png", heat_map(cosine))
+    def publish(self, trainer: L.Trainer, image: Tensor, caption: str) -> None:
+        """The monitor's heat map to the loggers and as this epoch's PNG in the run folder."""
+        super().publish(trainer, image, caption)
+        assert self.folder is not None, "on_fit_start has not run"
+        write_png(self.folder / f"{self.name}_epoch{trainer.current_epoch}.png", image)

@@ -36,6 +36,8 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 
 from lit_bioplaus.io import atomic_write, atomic_write_text
 from lit_bioplaus.paper_tables import NO_NUMBER, PAPER_TABLES, PaperRow, PaperTable
@@ -393,29 +395,12 @@ def to_markdown(report: Sequence[ReportTable], runs: Sequence[Run] = ()) -> str:
 # ----------------------------------------------------------------------------- figures
 
 
-def _agg_figure(width: float, height: float) -> Any:
-    """A matplotlib figure drawn by the Agg backend (no pyplot, no display, no global
-    backend switch).
-
-    Raises:
-        ValueError: matplotlib is not installed.
-    """
-    try:
-        from matplotlib.backends.backend_agg import FigureCanvasAgg
-        from matplotlib.figure import Figure
-    except ImportError:
-        raise ValueError("the PNG figures need matplotlib: pip install matplotlib") from None
-    figure = Figure(figsize=(width, height), dpi=100, layout="constrained")
-    FigureCanvasAgg(figure)
-    return figure
-
-
 def plot_report(report: Sequence[ReportTable], path: str | Path) -> Path:
     """``path``: a PNG with one panel per table, the paper's number (grey, with its spread)
     beside ours (one bar per zoo entry or run; "not run" written where there is none)."""
     columns = min(3, len(report)) or 1
     lines = -(-len(report) // columns)
-    figure = _agg_figure(5.2 * columns, 0.55 + 2.1 * lines)
+    figure = Figure(figsize=(5.2 * columns, 0.55 + 2.1 * lines), dpi=100, layout="constrained")
     for index, report_table in enumerate(report):
         axes = figure.add_subplot(lines, columns, index + 1)
         _plot_table(axes, report_table)
@@ -462,9 +447,7 @@ def plot_curves(runs: Sequence[Run], path: str | Path) -> Path:
     for run in runs:
         if not run.train_loss()[1] and not run.per_epoch(val_key)[0]:
             raise ValueError(f"run folder {run.path}: metrics.csv has no train loss and no {val_key} per epoch")
-    from matplotlib.ticker import MaxNLocator
-
-    figure = _agg_figure(9.0, 3.4)
+    figure = Figure(figsize=(9.0, 3.4), dpi=100, layout="constrained")
     loss_axes, val_axes = figure.add_subplot(1, 2, 1), figure.add_subplot(1, 2, 2)
     scale = 100.0 if val_key == "val/acc" else 1.0
     for index, run in enumerate(runs):
@@ -528,7 +511,7 @@ def run_report(args: argparse.Namespace) -> str:
 
 def main(argv: Sequence[str] | None = None, prog: str = "python -m lit_bioplaus.report") -> None:
     """``python -m lit_bioplaus.report`` (``lit-bioplaus report``: ``prog``): a bad run
-    folder, an unreadable manifest or a missing matplotlib is one ``error:`` line, exit
+    folder or an unreadable manifest is one ``error:`` line, exit
     status 1 (``LIT_BIOPLAUS_DEBUG=1`` shows the traceback)."""
     args = parse_args(argv, prog)
     try:

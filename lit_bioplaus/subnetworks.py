@@ -94,7 +94,11 @@ class SubnetworkMonitor(L.Callback):
         pl_module.log_dict(metrics)
         if trainer.is_global_zero:
             caption = f"epoch {trainer.current_epoch}: task-mask cosine per gate layer, bottom to top"
-            log_image(trainer.loggers, "subnet/mask_cosine", heat_map(cosine), trainer.current_epoch, caption)
+            self.publish(trainer, heat_map(cosine), caption)
+
+    def publish(self, trainer: L.Trainer, image: Tensor, caption: str) -> None:
+        """The ``(3, H, W)`` heat map to the run's loggers as ``subnet/mask_cosine`` (rank 0)."""
+        log_image(trainer.loggers, "subnet/mask_cosine", image, trainer.current_epoch, caption)
 
 
 @dataclass(frozen=True)
