@@ -18,13 +18,16 @@ and asymmetric weights) on the 784-500-10 MLP:
 
 * (a) Lightning: the module through ``Trainer.fit``;
 * (b) bare step: the same module in a plain Python loop over the same DataLoader:
-  ``training_objective``, ``zero_grad``, ``backward``, the module's gradient-norm clip
-  (``clip_grad_norm_`` per optimizer) and ``step`` of the optimizers of its own
-  ``configure_optimizers``, and ``train_statistics.update``; a / b is what Lightning adds;
+  ``training_objective``, ``zero_grad``, ``backward``, the module's gradient-norm clips
+  (``clip_gradient_sets_`` of its ``gradient_clip_sets``) and ``step`` of the optimizers of
+  its own ``configure_optimizers``, and ``train_statistics.update``; a / b is what
+  Lightning adds;
 * (c) plain CCL (CCL rows only): Counter-Current learning written as the official code
   writes it (github.com/IandRover/CCL-NeurIPS24, ``main_class_mlp.py``), own ``nn.Linear``
   forward and backward layers, default ``SGD`` and ``clip_grad_norm_``: ``PlainCCLMLP``;
-  a / c is the whole price of the library against a hand-written loop.
+  a / c is the whole price of the library against a hand-written loop;
+* (a2) CCL rows: (a) with an optimizer per network (``merge_optimizers: false``, the layout
+  before one optimizer held both networks).
 
 ``--profile RULE`` instead times ``--steps`` Lightning steps of one rule at the first of
 ``--batch-sizes`` and splits the step into categories (the rule's own update, optimizer and
@@ -64,6 +67,7 @@ from lit_bioplaus.algorithms import (
     DirectFeedbackAlignment,
     FeedbackAlignment,
 )
+from lit_bioplaus.algorithms.base import clip_gradient_sets_
 from lit_bioplaus.data import InMemoryImageDataset, collate
 from lit_bioplaus.nn import MLP
 
@@ -112,12 +116,14 @@ def make_model(algorithm: str = "BP", compile: bool = False) -> BioplausModule:
     )
 
 
-def make_ccl_model(compile: bool = False) -> CounterCurrent:
+def make_ccl_model(compile: bool = False, merge_optimizers: bool | None = None) -> CounterCurrent:
     """The paper's MNIST recipe (``configs/ccl/mlp256x6_fashion_mnist.yaml``): 784-256x5-10,
     ELU, no biases, separate feedback weights, dot similarity scaled by 128, both networks
-    trained by SGD lr 1 with gradient-norm clip 1."""
+    trained by SGD lr 1 with gradient-norm clip 1 (one optimizer with a group per network,
+    or two with ``merge_optimizers=False``)."""
     return CounterCurrent(
         compile=compile,
+        merge_optimizers=merge_optimizers,
         network=partial(MLP, hidden=CCL_HIDDEN, activation="elu", bias=False, weight_mode="asymmetric"),
         num_classes=NUM_CLASSES,
         input_shape=INPUT_SHAPE,
@@ -193,6 +199,10 @@ def _lightning_ms_of_rule(
     return lightning_ms_per_step(make_model(algorithm, compile), batch_size, steps, warmup, progress_bar)
 
 
+def _lightning_ms_of_ccl_with_two_optimizers(batch_size: int, steps: int, warmup: int, progress_bar: bool) -> float:
+    return lightning_ms_per_step(make_ccl_model(merge_optimizers=False), batch_size, steps, warmup, progress_bar)
+
+
 def plain_ms_per_step(batch_size: int, steps: int, warmup: int) -> float:
     """BP in a plain PyTorch loop: the BP module's network and loss, its own Adam and a
     torchmetrics accuracy (``update`` only)."""
@@ -226,34 +236,17 @@ def module_optimizers(model: BioplausModule) -> list[torch.optim.Optimizer]:
     return list(optimizers) if isinstance(optimizers, (list, tuple)) else [optimizers]
 
 
-def clip_values(model: BioplausModule, optimizers: Sequence[torch.optim.Optimizer]) -> list[float | None]:
-    """The module's gradient-norm clip per optimizer (``gradient_clip_value`` reads the
-    trainer's optimizers; Counter-Current's second optimizer is the feedback network's)."""
-    if isinstance(model, CounterCurrent):
-        return [model.gradient_clip_val, model.feedback_gradient_clip_val][: len(optimizers)]
-    return [model.gradient_clip_val] * len(optimizers)
-
-
-def bare_step(
-    model: BioplausModule,
-    optimizers: Sequence[torch.optim.Optimizer],
-    clips: Sequence[float | None],
-    x: Tensor,
-    target: Tensor,
-) -> None:
+def bare_step(model: BioplausModule, optimizers: Sequence[torch.optim.Optimizer], x: Tensor, target: Tensor) -> None:
     """One training step of ``model`` in the order of ``BioplausModule.training_step``,
     without Lightning: objective, ``zero_grad``, backward, then per optimizer the clip (as
-    ``on_before_optimizer_step``: foreach ``clip_grad_norm_`` over the updates it steps)
-    and ``step``; then the training statistics."""
+    ``on_before_optimizer_step`` under the plain precision plugins: ``clip_gradient_sets_``
+    of the module's ``gradient_clip_sets``) and ``step``; then the training statistics."""
     objective, loss, logits = model.training_objective(x, target)
     for optimizer in optimizers:
         optimizer.zero_grad()
     objective.backward()
-    for optimizer, clip in zip(optimizers, clips, strict=True):
-        if clip is not None:
-            params = [p for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
-            foreach = bool(params) and params[0].device.type in ("cpu", "cuda")
-            torch.nn.utils.clip_grad_norm_(params, clip, foreach=foreach)
+    for optimizer in optimizers:
+        clip_gradient_sets_(model.gradient_clip_sets(optimizer))
         optimizer.step()
     model.train_statistics.update(loss, logits.detach(), target)
 
@@ -262,14 +255,13 @@ def bare_ms_per_step(model: BioplausModule, batch_size: int, steps: int, warmup:
     """Milliseconds per ``bare_step`` of ``model`` on the DataLoader ``lightning_ms_per_step``
     uses, ``warmup`` untimed steps first."""
     optimizers = module_optimizers(model)
-    clips = clip_values(model, optimizers)
     model.train()
     loader = make_loader(batch_size, batch_size * (warmup + steps), model.input_shape, model.num_classes)
     start = 0.0
     for step, (x, target) in enumerate(loader):
         if step == warmup:
             start = time.perf_counter()
-        bare_step(model, optimizers, clips, x, target)
+        bare_step(model, optimizers, x, target)
     return (time.perf_counter() - start) / steps * 1e3
 
 
@@ -551,12 +543,13 @@ def print_ccl_table(args: argparse.Namespace) -> None:
         for rule in CCL_TABLE_RULES:
             measures[f"{rule} a"] = partial(_lightning_ms_of_rule, rule, *timing, args.progress_bar)
             measures[f"{rule} b"] = partial(_bare_ms_of_rule, rule, *timing)
+        measures["CCL a2"] = partial(_lightning_ms_of_ccl_with_two_optimizers, *timing, args.progress_bar)
         measures["CCL c"] = partial(plain_ccl_ms_per_step, *timing)
         if args.compile:  # the warm-up steps hold the compilation (about 20 s a model)
             measures["CCL a*"] = partial(_lightning_ms_of_rule, "CCL", *timing, args.progress_bar, True)
         medians = median_ms_round_robin(measures, args.repeats)
         rows += [
-            (rule, batch_size, *(medians.get(f"{rule} {column}") for column in ("a", "b", "c", "a*")))
+            (rule, batch_size, *(medians.get(f"{rule} {column}") for column in ("a", "b", "c", "a2", "a*")))
             for rule in CCL_TABLE_RULES
         ]
     print(f"\nCounter-Current and Counter-Hebb, Lightning versus the bare step and plain CCL; {header(args)}")
@@ -564,11 +557,11 @@ def print_ccl_table(args: argparse.Namespace) -> None:
     compiled = " Lightning, compile: true (a*) | a* / c |" if args.compile else ""
     print(
         "| rule | network | batch | Lightning ms/step (a) | bare step ms (b) | a / b | plain CCL ms (c) | a / c |"
-        + compiled
+        " two optimizers (a2) | a2 / c |" + compiled
     )
-    print("|:--|:--|--:|--:|--:|--:|--:|--:|" + ("--:|--:|" if args.compile else ""))
-    for rule, batch_size, a, b, c, a_compiled in rows:
-        plain = f"{c:.3f} | {a / c:.2f}" if c is not None else "- | -"
+    print("|:--|:--|--:|--:|--:|--:|--:|--:|--:|--:|" + ("--:|--:|" if args.compile else ""))
+    for rule, batch_size, a, b, c, a_two, a_compiled in rows:
+        plain = f"{c:.3f} | {a / c:.2f} | {a_two:.3f} | {a_two / c:.2f}" if c is not None else "- | - | - | -"
         line = f"| {rule} | {NETWORKS[rule]} | {batch_size} | {a:.3f} | {b:.3f} | {a / b:.2f} | {plain} |"
         if args.compile:
             line += f" {a_compiled:.3f} | {a_compiled / c:.2f} |" if a_compiled is not None else " - | - |"

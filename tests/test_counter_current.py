@@ -4,12 +4,14 @@ and the convolutional autoencoder."""
 
 from __future__ import annotations
 
+from functools import partial
 from pathlib import Path
 
 import pytest
 import torch
 
 from lit_bioplaus.algorithms import CounterCurrent
+from lit_bioplaus.algorithms.base import clip_gradient_sets_
 from lit_bioplaus.nn import (
     MLP,
     ConvAutoencoder,
@@ -84,7 +86,8 @@ def test_each_local_loss_trains_only_its_own_layers(name):
 def test_objective_sums_the_local_losses_and_warms_up():
     model = make_model("mlp")
     model.warmup_steps = 4
-    model.trainer = type("TrainerStub", (), {"global_step": 2})()  # one batch done: factor 2 / 4
+    # one batch done (two optimizer steps with an optimizer per network): factor 2 / 4
+    model.trainer = type("TrainerStub", (), {"global_step": 2, "optimizers": [None, None]})()
     x, target = batch(model)
     losses, _ = model.local_losses(x, target)
     objective, loss, logits = model.training_objective(x, target)
@@ -101,11 +104,13 @@ def test_target_filter_drops_confident_samples():
     assert keep.tolist() == [0.0, 1.0]
 
 
-def test_optimizers_split_forward_and_feedback_parameters():
+@pytest.mark.parametrize("merge_optimizers", [None, False])
+def test_optimizers_split_forward_and_feedback_parameters(merge_optimizers):
     model = make_model("autoencoder")
-    forward, feedback = model.configure_optimizers()[0]
-    forward_ids = {id(p) for group in forward.param_groups for p in group["params"]}
-    feedback_ids = {id(p) for group in feedback.param_groups for p in group["params"]}
+    model.merge_optimizers = merge_optimizers
+    groups = [group for optimizer in model.configure_optimizers()[0] for group in optimizer.param_groups]
+    forward_ids = {id(p) for group in groups if group["network"] == "forward" for p in group["params"]}
+    feedback_ids = {id(p) for group in groups if group["network"] == "feedback" for p in group["params"]}
     assert not forward_ids & feedback_ids
     assert forward_ids | feedback_ids == {id(p) for p in model.parameters()}
 
@@ -115,8 +120,7 @@ def test_gradient_centralization_removes_the_fan_in_mean():
     model.gradient_centralization = True
     for param in model.parameters():
         param.grad = torch.randn_like(param)
-    forward, feedback = model.configure_optimizers()[0]
-    for optimizer in (forward, feedback):
+    for optimizer in model.configure_optimizers()[0]:
         model._centralize_gradients(optimizer)
     for layer in model.network.weighted_layers():
         for param in (layer.weight, layer.feedback_weight):
@@ -190,3 +194,62 @@ def test_conv_autoencoder_upsample_init_scale_survives_counter_current():
 def test_networks_without_a_learning_point_per_layer_are_rejected(modules, match):
     with pytest.raises(ValueError, match=match):
         CounterCurrent(network=lambda s, c: TwoStreamNetwork(modules()), input_shape=(4,), num_classes=2)
+
+
+# --- one optimizer or two -------------------------------------------------------------------
+SGD, ADAM = partial(torch.optim.SGD, lr=0.1), partial(torch.optim.Adam, lr=0.1)
+HALVING, SLOWER = (partial(torch.optim.lr_scheduler.ExponentialLR, gamma=gamma) for gamma in (0.5, 0.9))
+HALVING_TOO = partial(torch.optim.lr_scheduler.ExponentialLR, gamma=0.5)  # equal, not the same object
+
+
+@pytest.mark.parametrize(
+    ("options", "merged"),
+    [
+        ({"optimizer": SGD, "feedback_optimizer": partial(torch.optim.SGD, lr=1.0, momentum=0.9)}, True),
+        ({"lr_scheduler": HALVING, "feedback_lr_scheduler": HALVING_TOO}, True),
+        ({"optimizer": SGD, "feedback_optimizer": ADAM}, False),
+        ({"optimizer": torch.optim.LBFGS, "feedback_optimizer": torch.optim.LBFGS}, False),
+        ({"lr_scheduler": HALVING}, False),
+        ({"lr_scheduler": HALVING, "feedback_lr_scheduler": SLOWER}, False),
+        ({"merge_optimizers": False}, False),
+    ],
+    ids=["sgd_settings", "same_schedule", "sgd_adam", "lbfgs", "one_schedule", "two_schedules", "off"],
+)
+def test_one_optimizer_holds_both_networks_where_they_can_share_it(options, merged):
+    torch.manual_seed(0)
+    network = partial(MLP, hidden=[9], weight_mode="asymmetric")
+    model = CounterCurrent(network=network, input_shape=INPUT_SHAPE, num_classes=NUM_CLASSES, **options)
+    optimizers, schedulers = model.configure_optimizers()
+    assert len(optimizers) == (1 if merged else 2) and model.merges_optimizers(*model.network_optimizers()) == merged
+    groups = [group for optimizer in optimizers for group in optimizer.param_groups]
+    assert [group["network"] for group in groups] == ["forward", "feedback"]
+    assert [p for p in groups[0]["params"]] == list(model.network.up_parameters())
+    assert [p for p in groups[1]["params"]] == list(model.network.down_parameters())
+    if "feedback_optimizer" in options and merged:  # each group keeps its own factory's settings
+        assert (groups[0]["lr"], groups[0]["momentum"], groups[1]["lr"], groups[1]["momentum"]) == (0.1, 0, 1.0, 0.9)
+    expected_schedulers = [options.get("lr_scheduler"), options.get("feedback_lr_scheduler")][: len(optimizers)]
+    assert [config["scheduler"].optimizer for config in schedulers] == [
+        optimizer for optimizer, factory in zip(optimizers, expected_schedulers, strict=True) if factory is not None
+    ]
+    if not merged and "merge_optimizers" not in options:
+        model.merge_optimizers = True
+        with pytest.raises(ValueError, match="merge_optimizers is true, but"):
+            model.configure_optimizers()
+
+
+def test_clip_gradient_sets_clips_each_set_as_clip_grad_norm_does():
+    torch.manual_seed(0)
+    first = [torch.nn.Parameter(torch.randn(4, 3)), torch.nn.Parameter(torch.randn(3))]
+    second = [torch.nn.Parameter(torch.randn(5))]
+    unclipped = torch.nn.Parameter(torch.randn(2))  # under its limit: unchanged
+    grads = [torch.randn_like(p) * 10 for p in [*first, *second]] + [torch.full((2,), 1e-3)]
+    copies = [torch.nn.Parameter(p.detach().clone()) for p in [*first, *second, unclipped]]
+    for p, c, g in zip([*first, *second, unclipped], copies, grads, strict=True):
+        p.grad, c.grad = g.clone(), g.clone()
+    clip_gradient_sets_([(first, 1.0), (second, 2.0), ([unclipped], 1.0)])
+    for params, limit in ((copies[:2], 1.0), (copies[2:3], 2.0), (copies[3:], 1.0)):
+        torch.nn.utils.clip_grad_norm_(params, limit)
+    for p, c in zip([*first, *second, unclipped], copies, strict=True):
+        assert torch.equal(p.grad, c.grad)
+    assert torch.equal(unclipped.grad, grads[-1])
+    assert torch.linalg.vector_norm(torch.cat([p.grad.flatten() for p in first])) == pytest.approx(1.0, rel=1e-5)

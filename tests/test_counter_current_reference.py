@@ -242,7 +242,7 @@ def train_one_batch(model: CounterCurrent, x: Tensor, y: Tensor) -> None:
     trainer = L.Trainer(
         accelerator="cpu",
         precision="64-true",
-        max_steps=2,  # one batch: a forward and a feedback step
+        max_epochs=1,  # one batch (the data is one batch)
         logger=False,
         enable_checkpointing=False,
         enable_progress_bar=False,
@@ -283,12 +283,17 @@ def expected_step(name: str, model: CounterCurrent, x: Tensor, y: Tensor) -> dic
     return {k: (named[k] - grads[k]).detach() for k in named}
 
 
+@pytest.mark.parametrize("merge_optimizers", [None, False], ids=["one_optimizer", "two_optimizers"])
 @pytest.mark.parametrize("name", CASES)
-def test_training_step_matches_the_written_out_update(name):
-    model = make_model(name, **STEP_OPTIONS)
+def test_training_step_matches_the_written_out_update(name, merge_optimizers):
+    """Both layouts (a parameter group per network, or an optimizer per network) make
+    the written-out update, each network clipped to its own norm."""
+    model = make_model(name, **STEP_OPTIONS, merge_optimizers=merge_optimizers)
     x, y = data(model)
     expected = expected_step(name, model, x, y)
     train_one_batch(model, x, y)
+    assert len(model.trainer.optimizers) == (2 if merge_optimizers is False else 1)
+    assert model.trainer.global_step == len(model.trainer.optimizers)  # one batch
     for key, param in model.named_parameters():
         torch.testing.assert_close(param, expected[key], rtol=0, atol=1e-10, msg=key)
 

@@ -253,6 +253,20 @@ def test_negative_warm_up_is_refused_in_one_line(tmp_path, capsys):
     assert error_lines(capsys.readouterr().err) == ["error: warmup_steps must be in [0, inf], got -5"]
 
 
+def test_counter_current_checkpoint_of_the_other_optimizer_layout_is_refused_in_one_line(tmp_path, capsys):
+    config = str(ROOT / "configs" / "quickstart_ccl.yaml")
+    main(["fit", "--config", config, *FAST, "--trainer.max_steps", "2", "--test_after_fit", "false",
+          "--model.init_args.merge_optimizers", "false", "--trainer.default_root_dir", str(tmp_path)])  # fmt: skip
+    (checkpoint,) = (tmp_path / "checkpoints").glob("last*.ckpt")
+    with pytest.raises(SystemExit):
+        cli_main(["fit", "--config", config, *FAST, "--trainer.default_root_dir", str(tmp_path / "again"),
+                  "--ckpt_path", str(checkpoint)])  # fmt: skip
+    assert error_lines(capsys.readouterr().err) == [
+        "error: the checkpoint holds 2 optimizer states and this CounterCurrent has 1 optimizer(s): "
+        "resume it with --model.init_args.merge_optimizers false"
+    ]
+
+
 def test_out_of_memory_and_corrupt_data_are_explained():
     from lit_bioplaus.data import DatasetCorruptError
     from lit_bioplaus.errors import explain

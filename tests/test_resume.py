@@ -26,15 +26,17 @@ def momentum(prefix: str) -> list[str]:
     return [f"--{prefix}optimizer.momentum", "0.9"]
 
 
-# Digits at batch 32 (64 for CCL) has 41 (21) batches per epoch; CCL makes two optimizer
-# steps (global steps) per batch. Every run crosses an epoch boundary after the checkpoint.
+# Digits at batch 32 (64 for CCL) has 41 (21) batches per epoch; CCL makes one optimizer
+# step (global step) per batch, two with an optimizer per network. Every run crosses an
+# epoch boundary after the checkpoint.
 FORWARD, FEEDBACK = "model.init_args.", "model.init_args.feedback_"
 BATCH_NORM = ["--model.init_args.network.init_args.batch_norm", "true"]  # BU and TD norms, running statistics
 CCL = [*schedule(FORWARD), *schedule(FEEDBACK), *momentum(FORWARD), *momentum(FEEDBACK)]
 CASES = {  # case: (config, total steps, checkpoint step, overrides)
     "quickstart": ("quickstart.yaml", 60, 26, schedule(FORWARD)),
     "quickstart_ch": ("quickstart_ch.yaml", 60, 26, schedule(FORWARD)),
-    "quickstart_ccl": ("quickstart_ccl.yaml", 60, 26, CCL),
+    "quickstart_ccl": ("quickstart_ccl.yaml", 30, 13, CCL),
+    "quickstart_ccl_two_optimizers": ("quickstart_ccl.yaml", 60, 26, [*CCL, f"--{FORWARD}merge_optimizers", "false"]),
     # Multi-Digits at batch 64: 23 batches per epoch
     "quickstart_guided": ("quickstart_guided.yaml", 30, 11, schedule(FORWARD)),
     "quickstart_guided_batch_norm": ("quickstart_guided.yaml", 30, 11, [*schedule(FORWARD), *BATCH_NORM]),

@@ -115,6 +115,26 @@ def _has_foreach(tensors: Sequence[Tensor]) -> bool:
     return bool(tensors) and tensors[0].device.type in ("cpu", "cuda")
 
 
+def clip_gradient_sets_(sets: Sequence[tuple[Sequence[Tensor], float]]) -> None:
+    """Clip the gradients of each ``(parameters, max norm)`` set to the set's own global
+    2-norm, in place: ``torch.nn.utils.clip_grad_norm_`` per set, the same arithmetic
+    (``g * min(1, max_norm / (norm + 1e-6))``, no host sync), but with one foreach norm
+    kernel over the gradients of all the sets when they share a device and dtype."""
+    grads = [[p.grad for p in params if p.grad is not None] for params, _ in sets]
+    every = [g for group in grads for g in group]
+    if not every:
+        return
+    if not _has_foreach(every) or any(g.device != every[0].device or g.dtype != every[0].dtype for g in every):
+        for params, max_norm in sets:
+            torch.nn.utils.clip_grad_norm_(params, max_norm)
+        return
+    norms = iter(torch._foreach_norm(every, 2.0))
+    for group, (_, max_norm) in zip(grads, sets, strict=True):
+        if group:
+            total = torch.linalg.vector_norm(torch.stack([next(norms) for _ in group]), 2.0)
+            torch._foreach_mul_(group, torch.clamp(max_norm / (total + 1e-6), max=1.0))
+
+
 PLAIN_PRECISIONS = (Precision, MixedPrecision, HalfPrecision, DoublePrecision)
 """Precision plugins whose gradient clipping is ``clip_grad_norm_`` on the unscaled updates."""
 
@@ -327,16 +347,19 @@ class BioplausModule(L.LightningModule):
             self.train()
 
     def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
-        """Clip ``optimizer``'s update to its global 2-norm, after AMP unscaling, with no
-        host-device sync. Under the plain precision plugins (32 / 64 / half / mixed) it is one
-        foreach pass of ``torch.nn.utils.clip_grad_norm_`` (Lightning's own path takes the
-        per-tensor loop on CPU), with Lightning's refusal of an optimizer that unscales inside
-        its step (its gradients are still scaled here); other plugins clip their own way."""
-        clip = self.gradient_clip_value(optimizer)
-        if clip is None:
+        """Clip ``optimizer``'s update, each of its ``gradient_clip_sets`` to its own global
+        2-norm, after AMP unscaling, with no host-device sync. Under the plain precision
+        plugins (32 / 64 / half / mixed) that is ``clip_gradient_sets_``: one foreach norm
+        pass over every set (Lightning's own path takes the per-tensor loop on CPU), with
+        Lightning's refusal of an optimizer that unscales inside its step (its gradients are
+        still scaled here); other plugins clip their own way, one set per optimizer."""
+        sets = self.gradient_clip_sets(optimizer)
+        if not sets:
             return
         if type(self.trainer.precision_plugin) not in PLAIN_PRECISIONS:
-            self.clip_gradients(optimizer, gradient_clip_val=clip, gradient_clip_algorithm="norm")
+            if len(sets) > 1:
+                raise RuntimeError(f"{type(self.trainer.precision_plugin).__name__} clips one set per optimizer")
+            self.clip_gradients(optimizer, gradient_clip_val=sets[0][1], gradient_clip_algorithm="norm")
             return
         if getattr(self.trainer.precision_plugin, "scaler", None) is not None and getattr(
             optimizer, "_step_supports_amp_scaling", False
@@ -345,12 +368,15 @@ class BioplausModule(L.LightningModule):
                 f"{type(optimizer).__qualname__} unscales its gradients inside its step, so they cannot be clipped "
                 "before it under 16-mixed: drop fused=True or gradient_clip_val"
             )
-        params = [p for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
-        torch.nn.utils.clip_grad_norm_(params, clip, foreach=_has_foreach(params))
+        clip_gradient_sets_(sets)
 
-    def gradient_clip_value(self, optimizer: torch.optim.Optimizer) -> float | None:
-        """The global-norm clip for ``optimizer``'s update (None: no clipping)."""
-        return self.gradient_clip_val
+    def gradient_clip_sets(self, optimizer: torch.optim.Optimizer) -> list[tuple[list[Tensor], float]]:
+        """``(parameters, max norm)`` per set of ``optimizer``'s parameters whose update is
+        clipped to one global 2-norm: here all of them to ``gradient_clip_val`` (none when
+        it is unset)."""
+        if self.gradient_clip_val is None:
+            return []
+        return [([p for group in optimizer.param_groups for p in group["params"]], self.gradient_clip_val)]
 
     def step_scheduler(self, interval: str) -> None:
         """Step the LR schedulers if ``interval`` is their ``scheduler_interval``

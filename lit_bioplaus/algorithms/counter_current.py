@@ -21,7 +21,9 @@ every weighted layer above the lowest), and the output:
 
 All local losses are summed into one objective and one ``manual_backward``: the
 detaches keep every gradient local, and DDP / AMP / clipping see ordinary gradients.
-The forward and the feedback network have separate optimizers (and schedulers, clips).
+The forward and the feedback network have their own optimizer settings, schedules and
+clips: one optimizer with a parameter group per network where the two can share one, else
+two optimizers (``merge_optimizers``).
 """
 
 from __future__ import annotations
@@ -33,7 +35,13 @@ import torch.nn.functional as F
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import Tensor
 
-from lit_bioplaus.algorithms.base import BioplausModule, NetworkFactory, check_range, use_fast_kernels
+from lit_bioplaus.algorithms.base import (
+    PLAIN_PRECISIONS,
+    BioplausModule,
+    NetworkFactory,
+    check_range,
+    use_fast_kernels,
+)
 from lit_bioplaus.nn import TwoStreamActivation, TwoStreamMirror, TwoStreamNetwork, WeightedTwoStreamLayer
 
 Similarity = Literal["dot", "cosine"]
@@ -41,10 +49,13 @@ Similarity = Literal["dot", "cosine"]
 
 class CounterCurrent(BioplausModule):
     """Counter-Current learning on a two-stream network with separate feedback weights
-    (manual optimization, two optimizers: forward network first, feedback second).
+    (manual optimization).
 
-    ``trainer.global_step`` counts optimizer steps, so it advances by 2 per batch:
-    ``max_steps`` and the logs' x-axis count both networks' steps.
+    Both networks step once per batch: by one optimizer whose parameter groups are the
+    forward network (first) and the feedback network, each with its own factory's settings
+    (learning rate, momentum, ...) and its own clip, when ``merge_optimizers`` allows it;
+    else by two optimizers, forward first. ``trainer.global_step`` counts optimizer steps:
+    one per batch with one optimizer, two with two (``max_steps`` counts them alike).
 
     Args:
         optimizer: the forward network's optimizer factory.
@@ -63,6 +74,13 @@ class CounterCurrent(BioplausModule):
             map's inputs (per output unit / output channel), before clipping.
         target_filter: drop from the local losses the samples whose predicted
             probability of the true class is within this distance of 1 (None: keep all).
+        merge_optimizers: step both networks with one optimizer (a parameter group per
+            network: the same update, one Lightning optimizer step and one clipping pass
+            per batch instead of two). ``None``: whenever they can share one, i.e. both
+            factories make the same ``torch.optim`` class (not LBFGS), both schedules are
+            the same factory (or both unset) and the precision plugin clips per parameter
+            set; ``True``: required (an error says why not); ``False``: two optimizers
+            (the checkpoint format of earlier versions: resume those with it).
         **kwargs: see ``BioplausModule`` (``task``: classification or autoencoder).
     """
 
@@ -81,6 +99,7 @@ class CounterCurrent(BioplausModule):
         warmup_steps: int = 0,
         gradient_centralization: bool = False,
         target_filter: float | None = None,
+        merge_optimizers: bool | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(
@@ -106,6 +125,7 @@ class CounterCurrent(BioplausModule):
         self.warmup_steps = warmup_steps
         self.gradient_centralization = gradient_centralization
         self.target_filter = target_filter
+        self.merge_optimizers = merge_optimizers
 
     def build_network(self, network: NetworkFactory) -> TwoStreamNetwork:
         """The network, with every feedback map initialised as a layer of its own
@@ -219,7 +239,7 @@ class CounterCurrent(BioplausModule):
         """The warm-up factor ``min(1, (batch + 1) / warmup_steps)`` (1 without warm-up)."""
         if not self.warmup_steps:
             return 1.0
-        batches_done = self.trainer.global_step // 2
+        batches_done = self.trainer.global_step // len(self.trainer.optimizers)
         return min(1.0, (batches_done + 1) / self.warmup_steps)
 
     def log_train_metrics(self, loss: Tensor, logits: Tensor, target: Tensor, batch_idx: int) -> None:
@@ -232,23 +252,89 @@ class CounterCurrent(BioplausModule):
 
     # --- optimization ---------------------------------------------------------------------
     def configure_optimizers(self) -> Any:
-        """``[forward optimizer, feedback optimizer]`` and their schedulers (that order
-        is what ``--ckpt_path`` restores)."""
-        networks = [
-            (self.network.up_parameters(), self.optimizer_factory, self.lr_scheduler_factory),
-            (self.network.down_parameters(), self.feedback_optimizer_factory, self.feedback_lr_scheduler_factory),
+        """The optimizers (one, or forward then feedback: ``merge_optimizers``) and their
+        schedulers; every parameter group says which ``network`` it holds."""
+        forward, feedback = self.network_optimizers()
+        if self.merges_optimizers(forward, feedback):
+            for group in feedback.param_groups:
+                forward.add_param_group(group)
+            configured = [(forward, self.lr_scheduler_factory)]
+        else:
+            configured = [(forward, self.lr_scheduler_factory), (feedback, self.feedback_lr_scheduler_factory)]
+        schedulers = [
+            {"scheduler": factory(optimizer), "interval": self.scheduler_interval, "monitor": "val/loss"}
+            for optimizer, factory in configured
+            if factory is not None
         ]
-        optimizers, schedulers = [], []
-        for params, optimizer_factory, scheduler_factory in networks:
-            optimizer = use_fast_kernels(optimizer_factory(params))
-            optimizers.append(optimizer)
-            if scheduler_factory is not None:
-                scheduler = scheduler_factory(optimizer)
-                schedulers.append({"scheduler": scheduler, "interval": self.scheduler_interval, "monitor": "val/loss"})
-        return optimizers, schedulers
+        return [optimizer for optimizer, _ in configured], schedulers
 
-    def gradient_clip_value(self, optimizer: torch.optim.Optimizer) -> float | None:
-        return self.feedback_gradient_clip_val if optimizer is self.trainer.optimizers[1] else self.gradient_clip_val
+    def network_optimizers(self) -> tuple[torch.optim.Optimizer, torch.optim.Optimizer]:
+        """The forward and the feedback network's optimizers from their factories, on the
+        fast kernels (``use_fast_kernels``), each group marked with its ``network``."""
+        optimizers = []
+        for factory, params, network in (
+            (self.optimizer_factory, self.network.up_parameters(), "forward"),
+            (self.feedback_optimizer_factory, self.network.down_parameters(), "feedback"),
+        ):
+            optimizer = use_fast_kernels(factory(params))
+            for group in optimizer.param_groups:
+                group["network"] = network
+            optimizers.append(optimizer)
+        return optimizers[0], optimizers[1]
+
+    def merges_optimizers(self, forward: torch.optim.Optimizer, feedback: torch.optim.Optimizer) -> bool:
+        """Whether one optimizer steps both networks (``merge_optimizers``), given the two
+        networks' own optimizers; raises if it is True and they cannot share one."""
+        if self.merge_optimizers is False:
+            return False
+        reason = self.separate_optimizers_reason(forward, feedback)
+        if reason is not None and self.merge_optimizers:
+            raise ValueError(f"merge_optimizers is true, but {reason}: set it to false or leave it unset")
+        return reason is None
+
+    def separate_optimizers_reason(self, forward: torch.optim.Optimizer, feedback: torch.optim.Optimizer) -> str | None:
+        """Why the two networks need optimizers of their own (None: they can share one)."""
+        kind = type(forward)
+        if type(feedback) is not kind:
+            return f"the networks' optimizers are of two classes ({kind.__qualname__}, {type(feedback).__qualname__})"
+        if not kind.__module__.startswith("torch.optim.") or kind is torch.optim.LBFGS:
+            return f"{kind.__qualname__} is not a torch.optim optimizer whose parameter groups step independently"
+        if not same_schedule(self.lr_scheduler_factory, self.feedback_lr_scheduler_factory, forward, feedback):
+            return "the networks' LR schedules differ"
+        plugin = self._trainer.precision_plugin if self._trainer is not None else None
+        if plugin is not None and type(plugin) not in PLAIN_PRECISIONS:
+            return f"{type(plugin).__name__} clips all of an optimizer's parameters together"
+        return None
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Resuming ``fit``: refuse optimizer states of the other layout (one optimizer or
+        two) with a message, and name the networks of checkpoints saved before the groups
+        said them (two optimizers: forward, feedback)."""
+        super().on_load_checkpoint(checkpoint)
+        states = checkpoint.get("optimizer_states")
+        if not states or self._trainer is None or self.trainer.state.fn != "fit":
+            return
+        expected = 1 if self.merges_optimizers(*self.network_optimizers()) else 2
+        if len(states) != expected:
+            raise ValueError(
+                f"the checkpoint holds {len(states)} optimizer states and this CounterCurrent has {expected} "
+                f"optimizer(s): resume it with --model.init_args.merge_optimizers {str(len(states) == 1).lower()}"
+            )
+        if expected == 2:
+            for state, network in zip(states, ("forward", "feedback"), strict=True):
+                for group in state["param_groups"]:
+                    group.setdefault("network", network)
+
+    def gradient_clip_sets(self, optimizer: torch.optim.Optimizer) -> list[tuple[list[Tensor], float]]:
+        """Each network's parameters in ``optimizer`` with its own clip: the forward
+        network's to ``gradient_clip_val``, the feedback network's to
+        ``feedback_gradient_clip_val`` (each over its own global 2-norm)."""
+        sets = []
+        for network, clip in (("forward", self.gradient_clip_val), ("feedback", self.feedback_gradient_clip_val)):
+            params = [p for group in optimizer.param_groups if group["network"] == network for p in group["params"]]
+            if params and clip is not None:
+                sets.append((params, clip))
+        return sets
 
     def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
         if self.gradient_centralization:
@@ -265,3 +351,32 @@ class CounterCurrent(BioplausModule):
             for param in (layer.weight, layer.feedback_weight):
                 if param in stepped and param.grad is not None:
                     param.grad.sub_(param.grad.mean(dim=layer.fan_in_dims(param), keepdim=True))
+
+
+SCHEDULERS_OF_FUNCTIONS = (torch.optim.lr_scheduler.LambdaLR, torch.optim.lr_scheduler.MultiplicativeLR)
+"""Schedulers whose state leaves out their functions (two of them cannot be compared)."""
+
+
+def same_schedule(
+    first: LRSchedulerCallable | None,
+    second: LRSchedulerCallable | None,
+    first_optimizer: torch.optim.Optimizer,
+    second_optimizer: torch.optim.Optimizer,
+) -> bool:
+    """Whether two scheduler factories schedule alike (both None, or schedulers of one
+    class with the same settings): each is built on a throwaway copy of its optimizer's
+    groups (``probe_optimizer``) and their states are compared, learning rates aside."""
+    if first is None or second is None:
+        return first is None and second is None
+    made = [factory(probe_optimizer(opt)) for factory, opt in ((first, first_optimizer), (second, second_optimizer))]
+    if type(made[0]) is not type(made[1]) or isinstance(made[0], SCHEDULERS_OF_FUNCTIONS):
+        return False
+    states = [{k: v for k, v in s.state_dict().items() if k not in ("base_lrs", "_last_lr")} for s in made]
+    return states[0] == states[1]
+
+
+def probe_optimizer(optimizer: torch.optim.Optimizer) -> torch.optim.Optimizer:
+    """An optimizer of ``optimizer``'s class and group settings over one throwaway parameter
+    per group: a scheduler built on it leaves the real groups untouched."""
+    groups = [{**group, "params": [torch.zeros(1, requires_grad=True)]} for group in optimizer.param_groups]
+    return type(optimizer)(groups)
