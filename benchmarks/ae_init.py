@@ -67,8 +67,9 @@ def make_model(
 def validation_mse(model: BioplausModule, datamodule: VisionDataModule, steps: int) -> tuple[float, float]:
     """``(untrained, trained)`` validation MSE around ``steps`` training batches."""
     quiet = {"accelerator": "cpu", "logger": False, "enable_progress_bar": False, "enable_model_summary": False}
-    optimizer_steps = 2 if isinstance(model, CounterCurrent) else 1  # CCL: 2 optimizer steps per batch
-    trainer = pl.Trainer(max_steps=steps * optimizer_steps, limit_val_batches=0, enable_checkpointing=False, **quiet)
+    trainer = pl.Trainer(  # counted in batches, whatever the optimizer steps per batch (CCL: one or two)
+        max_epochs=1, limit_train_batches=steps, limit_val_batches=0, enable_checkpointing=False, **quiet
+    )
     evaluator = pl.Trainer(**quiet)
     before = evaluator.validate(model, datamodule=datamodule, verbose=False)[0]["val/mse"]
     trainer.fit(model, datamodule=datamodule)
@@ -78,7 +79,7 @@ def validation_mse(model: BioplausModule, datamodule: VisionDataModule, steps: i
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--steps", type=int, default=1000, help="training batches per variant")
+    parser.add_argument("--steps", type=int, default=1000, help="training batches per variant (at most one epoch)")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()

@@ -101,11 +101,12 @@ def make_loader(
     return DataLoader(dataset, batch_size=batch_size, shuffle=True, collate_fn=collate)
 
 
-def make_model(algorithm: str = "BP", compile: bool = False) -> BioplausModule:
-    """``algorithm`` (a key of ``ALGORITHMS``, or ``"CCL"``: ``make_ccl_model``) on the
-    784-500-10 ReLU MLP with Adam 1e-4 (``compile``: its objective through torch.compile)."""
+def make_model(algorithm: str = "BP", compile: bool = False, **ccl_options: Any) -> BioplausModule:
+    """``algorithm`` (a key of ``ALGORITHMS``, or ``"CCL"``: ``make_ccl_model`` with
+    ``ccl_options``) on the 784-500-10 ReLU MLP with Adam 1e-4 (``compile``: its objective
+    through torch.compile)."""
     if algorithm == "CCL":
-        return make_ccl_model(compile)
+        return make_ccl_model(compile, **ccl_options)
     cls, weight_mode = ALGORITHMS[algorithm]
     return cls(
         network=lambda shape, classes: MLP(shape, classes, hidden=[500], weight_mode=weight_mode),
@@ -194,13 +195,9 @@ def lightning_ms_per_step(
 
 
 def _lightning_ms_of_rule(
-    algorithm: str, batch_size: int, steps: int, warmup: int, progress_bar: bool, compile: bool = False
+    algorithm: str, batch_size: int, steps: int, warmup: int, progress_bar: bool, compile: bool = False, **options: Any
 ) -> float:
-    return lightning_ms_per_step(make_model(algorithm, compile), batch_size, steps, warmup, progress_bar)
-
-
-def _lightning_ms_of_ccl_with_two_optimizers(batch_size: int, steps: int, warmup: int, progress_bar: bool) -> float:
-    return lightning_ms_per_step(make_ccl_model(merge_optimizers=False), batch_size, steps, warmup, progress_bar)
+    return lightning_ms_per_step(make_model(algorithm, compile, **options), batch_size, steps, warmup, progress_bar)
 
 
 def plain_ms_per_step(batch_size: int, steps: int, warmup: int) -> float:
@@ -543,7 +540,7 @@ def print_ccl_table(args: argparse.Namespace) -> None:
         for rule in CCL_TABLE_RULES:
             measures[f"{rule} a"] = partial(_lightning_ms_of_rule, rule, *timing, args.progress_bar)
             measures[f"{rule} b"] = partial(_bare_ms_of_rule, rule, *timing)
-        measures["CCL a2"] = partial(_lightning_ms_of_ccl_with_two_optimizers, *timing, args.progress_bar)
+        measures["CCL a2"] = partial(_lightning_ms_of_rule, "CCL", *timing, args.progress_bar, merge_optimizers=False)
         measures["CCL c"] = partial(plain_ccl_ms_per_step, *timing)
         if args.compile:  # the warm-up steps hold the compilation (about 20 s a model)
             measures["CCL a*"] = partial(_lightning_ms_of_rule, "CCL", *timing, args.progress_bar, True)

@@ -7,8 +7,11 @@ from __future__ import annotations
 from functools import partial
 from pathlib import Path
 
+import lightning as L
 import pytest
 import torch
+from lightning.pytorch.plugins.precision import MixedPrecision
+from torch.utils.data import DataLoader, TensorDataset
 
 from lit_bioplaus.algorithms import CounterCurrent
 from lit_bioplaus.algorithms.base import clip_gradient_sets_
@@ -200,6 +203,7 @@ def test_networks_without_a_learning_point_per_layer_are_rejected(modules, match
 SGD, ADAM = partial(torch.optim.SGD, lr=0.1), partial(torch.optim.Adam, lr=0.1)
 HALVING, SLOWER = (partial(torch.optim.lr_scheduler.ExponentialLR, gamma=gamma) for gamma in (0.5, 0.9))
 HALVING_TOO = partial(torch.optim.lr_scheduler.ExponentialLR, gamma=0.5)  # equal, not the same object
+ONE_CYCLE = partial(torch.optim.lr_scheduler.OneCycleLR, total_steps=10, max_lr=0.1)
 
 
 @pytest.mark.parametrize(
@@ -212,9 +216,17 @@ HALVING_TOO = partial(torch.optim.lr_scheduler.ExponentialLR, gamma=0.5)  # equa
         ({"lr_scheduler": HALVING}, False),
         ({"lr_scheduler": HALVING, "feedback_lr_scheduler": SLOWER}, False),
         ({"merge_optimizers": False}, False),
+        # settings the scheduler keeps in the groups, not in its state
+        ({"lr_scheduler": ONE_CYCLE, "feedback_lr_scheduler": partial(ONE_CYCLE, max_lr=1.0)}, False),
+        ({"lr_scheduler": ONE_CYCLE, "feedback_lr_scheduler": partial(ONE_CYCLE)}, True),
+        # a per-group list argument: one entry fits each network's optimizer, not a merged one
+        ({"lr_scheduler": partial(torch.optim.lr_scheduler.ReduceLROnPlateau, min_lr=[0.0])} | {
+            "feedback_lr_scheduler": partial(torch.optim.lr_scheduler.ReduceLROnPlateau, min_lr=[0.0])}, False),
+        ({"optimizer": partial(torch.optim.SGD, lr=0.1, fused=True)}, False),  # unscaled inside its step
     ],
-    ids=["sgd_settings", "same_schedule", "sgd_adam", "lbfgs", "one_schedule", "two_schedules", "off"],
-)
+    ids=["sgd_settings", "same_schedule", "sgd_adam", "lbfgs", "one_schedule", "two_schedules", "off",
+         "one_cycle_max_lr", "one_cycle", "list_argument", "fused_one"],
+)  # fmt: skip
 def test_one_optimizer_holds_both_networks_where_they_can_share_it(options, merged):
     torch.manual_seed(0)
     network = partial(MLP, hidden=[9], weight_mode="asymmetric")
@@ -223,8 +235,8 @@ def test_one_optimizer_holds_both_networks_where_they_can_share_it(options, merg
     assert len(optimizers) == (1 if merged else 2) and model.merges_optimizers(*model.network_optimizers()) == merged
     groups = [group for optimizer in optimizers for group in optimizer.param_groups]
     assert [group["network"] for group in groups] == ["forward", "feedback"]
-    assert [p for p in groups[0]["params"]] == list(model.network.up_parameters())
-    assert [p for p in groups[1]["params"]] == list(model.network.down_parameters())
+    assert groups[0]["params"] == list(model.network.up_parameters())
+    assert groups[1]["params"] == list(model.network.down_parameters())
     if "feedback_optimizer" in options and merged:  # each group keeps its own factory's settings
         assert (groups[0]["lr"], groups[0]["momentum"], groups[1]["lr"], groups[1]["momentum"]) == (0.1, 0, 1.0, 0.9)
     expected_schedulers = [options.get("lr_scheduler"), options.get("feedback_lr_scheduler")][: len(optimizers)]
@@ -253,3 +265,43 @@ def test_clip_gradient_sets_clips_each_set_as_clip_grad_norm_does():
         assert torch.equal(p.grad, c.grad)
     assert torch.equal(unclipped.grad, grads[-1])
     assert torch.linalg.vector_norm(torch.cat([p.grad.flatten() for p in first])) == pytest.approx(1.0, rel=1e-5)
+
+
+def test_clip_gradient_sets_skips_missing_gradients_and_mixed_dtypes_clip_per_set():
+    float32, float64 = torch.nn.Parameter(torch.zeros(3)), torch.nn.Parameter(torch.zeros(2, dtype=torch.float64))
+    no_grad = torch.nn.Parameter(torch.zeros(4))
+    float32.grad, float64.grad = torch.full((3,), 4.0), torch.full((2,), 3.0, dtype=torch.float64)
+    clip_gradient_sets_([([float32, no_grad], 1.0), ([float64], 100.0), ([no_grad], 1.0)])
+    torch.testing.assert_close(float32.grad, torch.full((3,), 4.0) / (48**0.5 + 1e-6))
+    assert torch.equal(float64.grad, torch.full((2,), 3.0, dtype=torch.float64)) and no_grad.grad is None
+
+
+def test_warm_up_counts_batches_with_one_optimizer():
+    model = make_model("mlp")
+    model.warmup_steps = 4
+    model.trainer = type("TrainerStub", (), {"global_step": 1, "optimizers": [None]})()  # one batch done
+    assert model.objective_scale() == 0.5
+
+
+def scaled_trainer() -> L.Trainer:
+    """A trainer with a loss scaler, as 16-mixed on a GPU (Lightning refuses 16-mixed on a CPU)."""
+    scaled = MixedPrecision("16-mixed", "cpu", scaler=torch.amp.GradScaler("cpu"))
+    return L.Trainer(accelerator="cpu", plugins=[scaled], max_steps=1, logger=False, enable_checkpointing=False,
+                     enable_progress_bar=False, enable_model_summary=False)  # fmt: skip
+
+
+@pytest.mark.parametrize("merge_optimizers", [None, False])
+def test_a_loss_scaler_needs_one_optimizer(merge_optimizers):
+    """Lightning updates the scale after each optimizer's step: with two, the feedback update
+    would be unscaled with the scale the forward step left."""
+    model = make_model("mlp").float()
+    model.merge_optimizers = merge_optimizers
+    samples = TensorDataset(torch.randn(BATCH, *INPUT_SHAPE), torch.arange(BATCH) % NUM_CLASSES)
+    data = DataLoader(samples, batch_size=BATCH)
+    trainer = scaled_trainer()
+    if merge_optimizers is False:
+        with pytest.raises(ValueError, match=r"16-mixed needs one optimizer .* but merge_optimizers is false"):
+            trainer.fit(model, data)
+    else:
+        trainer.fit(model, data)
+        assert len(trainer.optimizers) == 1 and trainer.global_step == 1

@@ -298,6 +298,40 @@ def test_training_step_matches_the_written_out_update(name, merge_optimizers):
         torch.testing.assert_close(param, expected[key], rtol=0, atol=1e-10, msg=key)
 
 
+MULTI_STEP_OPTIONS = {  # each network its own Adam settings and clip (both fire), one schedule
+    "optimizer": partial(torch.optim.Adam, lr=1e-2, betas=(0.8, 0.9), weight_decay=1e-3),
+    "feedback_optimizer": partial(torch.optim.Adam, lr=3e-3, betas=(0.9, 0.99)),
+    "lr_scheduler": partial(torch.optim.lr_scheduler.ExponentialLR, gamma=0.5),
+    "feedback_lr_scheduler": partial(torch.optim.lr_scheduler.ExponentialLR, gamma=0.5),
+    "scheduler_interval": "step",
+    "gradient_clip_val": 1e-3,
+    "feedback_gradient_clip_val": 1e-2,
+    "warmup_steps": 3,
+}
+
+
+@pytest.mark.parametrize("name", ["mlp", "pooled_cnn"])
+def test_one_optimizer_and_two_make_the_same_updates_over_several_steps(name):
+    """Four batches with per-network optimizer settings, clips and a per-step schedule:
+    a parameter group per network makes exactly what an optimizer per network makes."""
+    x, y = data(make_model(name))
+    x, y = torch.cat([x] * 4) + torch.arange(4 * BATCH, dtype=x.dtype).view(-1, *[1] * (x.dim() - 1)) / 100, y.repeat(4)
+    runs = {}
+    for merge in (None, False):
+        model = make_model(name, **MULTI_STEP_OPTIONS, merge_optimizers=merge)
+        before = [p.detach().clone() for p in model.parameters()]
+        quiet = {"logger": False, "enable_checkpointing": False, "enable_progress_bar": False}
+        trainer = L.Trainer(accelerator="cpu", precision="64-true", max_epochs=1, enable_model_summary=False, **quiet)
+        trainer.fit(model, DataLoader(TensorDataset(x, y), batch_size=BATCH))
+        assert len(trainer.optimizers) == (1 if merge is None else 2)
+        assert all(not torch.equal(p, b) for p, b in zip(model.parameters(), before, strict=True))
+        lrs = [group["lr"] for optimizer in trainer.optimizers for group in optimizer.param_groups]
+        runs[merge] = ([p.detach() for p in model.parameters()], lrs)
+    assert runs[None][1] == runs[False][1] == [1e-2 / 16, 3e-3 / 16]
+    for merged, apart in zip(runs[None][0], runs[False][0], strict=True):
+        torch.testing.assert_close(merged, apart, rtol=0, atol=1e-14)
+
+
 @pytest.mark.parametrize("name", ["pooled_cnn", "autoencoder"])
 def test_copies_and_pickles_make_the_same_update(name):
     """Nothing is keyed by object identity: a deep copy and a pickled module centralise."""

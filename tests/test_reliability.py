@@ -253,17 +253,28 @@ def test_negative_warm_up_is_refused_in_one_line(tmp_path, capsys):
     assert error_lines(capsys.readouterr().err) == ["error: warmup_steps must be in [0, inf], got -5"]
 
 
-def test_counter_current_checkpoint_of_the_other_optimizer_layout_is_refused_in_one_line(tmp_path, capsys):
+@pytest.mark.parametrize(
+    ("saved", "resumed", "remedy"),
+    [
+        ("false", "null", "resume it with --model.init_args.merge_optimizers false"),
+        ("null", "false", "resume it with --model.init_args.merge_optimizers true"),
+    ],
+    ids=["two_into_one", "one_into_two"],
+)
+def test_counter_current_checkpoint_of_the_other_optimizer_layout_is_refused_in_one_line(
+    saved, resumed, remedy, tmp_path, capsys
+):
     config = str(ROOT / "configs" / "quickstart_ccl.yaml")
     main(["fit", "--config", config, *FAST, "--trainer.max_steps", "2", "--test_after_fit", "false",
-          "--model.init_args.merge_optimizers", "false", "--trainer.default_root_dir", str(tmp_path)])  # fmt: skip
+          "--model.init_args.merge_optimizers", saved, "--trainer.default_root_dir", str(tmp_path)])  # fmt: skip
     (checkpoint,) = (tmp_path / "checkpoints").glob("last*.ckpt")
+    states = 2 if saved == "false" else 1
     with pytest.raises(SystemExit):
         cli_main(["fit", "--config", config, *FAST, "--trainer.default_root_dir", str(tmp_path / "again"),
-                  "--ckpt_path", str(checkpoint)])  # fmt: skip
+                  "--model.init_args.merge_optimizers", resumed, "--ckpt_path", str(checkpoint)])  # fmt: skip
     assert error_lines(capsys.readouterr().err) == [
-        "error: the checkpoint holds 2 optimizer states and this CounterCurrent has 1 optimizer(s): "
-        "resume it with --model.init_args.merge_optimizers false"
+        f"error: the checkpoint holds {states} optimizer states and this CounterCurrent has {3 - states} "
+        f"optimizer(s): {remedy}"
     ]
 
 

@@ -28,6 +28,7 @@ two optimizers (``merge_optimizers``).
 
 from __future__ import annotations
 
+import copy
 from typing import Any, Literal
 
 import torch
@@ -77,10 +78,12 @@ class CounterCurrent(BioplausModule):
         merge_optimizers: step both networks with one optimizer (a parameter group per
             network: the same update, one Lightning optimizer step and one clipping pass
             per batch instead of two). ``None``: whenever they can share one, i.e. both
-            factories make the same ``torch.optim`` class (not LBFGS), both schedules are
-            the same factory (or both unset) and the precision plugin clips per parameter
-            set; ``True``: required (an error says why not); ``False``: two optimizers
-            (the checkpoint format of earlier versions: resume those with it).
+            factories make the same ``torch.optim`` class (not LBFGS), both schedules have
+            the same settings (or are both unset: ``schedule_mismatch``) and the precision
+            plugin clips per parameter set (or nothing is clipped); ``True``: required (an
+            error says why not); ``False``: two optimizers (the checkpoint format of earlier
+            versions: resume those with it). One optimizer is required under 16-mixed,
+            where Lightning updates the loss scale after every optimizer's step.
         **kwargs: see ``BioplausModule`` (``task``: classification or autoencoder).
     """
 
@@ -260,6 +263,7 @@ class CounterCurrent(BioplausModule):
                 forward.add_param_group(group)
             configured = [(forward, self.lr_scheduler_factory)]
         else:
+            self.check_loss_scaling(forward, feedback)
             configured = [(forward, self.lr_scheduler_factory), (feedback, self.feedback_lr_scheduler_factory)]
         schedulers = [
             {"scheduler": factory(optimizer), "interval": self.scheduler_interval, "monitor": "val/loss"}
@@ -299,12 +303,30 @@ class CounterCurrent(BioplausModule):
             return f"the networks' optimizers are of two classes ({kind.__qualname__}, {type(feedback).__qualname__})"
         if not kind.__module__.startswith("torch.optim.") or kind is torch.optim.LBFGS:
             return f"{kind.__qualname__} is not a torch.optim optimizer whose parameter groups step independently"
-        if not same_schedule(self.lr_scheduler_factory, self.feedback_lr_scheduler_factory, forward, feedback):
-            return "the networks' LR schedules differ"
+        unscaling = [getattr(optimizer, "_step_supports_amp_scaling", False) for optimizer in (forward, feedback)]
+        if unscaling[0] != unscaling[1]:
+            return "one network's optimizer was built with fused=True and the other's not"
+        reason = schedule_mismatch(self.lr_scheduler_factory, self.feedback_lr_scheduler_factory, forward, feedback)
+        if reason is not None:
+            return reason
         plugin = self._trainer.precision_plugin if self._trainer is not None else None
-        if plugin is not None and type(plugin) not in PLAIN_PRECISIONS:
+        clipped = self.gradient_clip_val is not None or self.feedback_gradient_clip_val is not None
+        if plugin is not None and type(plugin) not in PLAIN_PRECISIONS and clipped:
             return f"{type(plugin).__name__} clips all of an optimizer's parameters together"
         return None
+
+    def check_loss_scaling(self, forward: torch.optim.Optimizer, feedback: torch.optim.Optimizer) -> None:
+        """Refuse an optimizer per network under a loss scaler (16-mixed): Lightning updates
+        the scale after each optimizer's step, so the feedback network's update would be
+        unscaled with a scale the forward step has already changed."""
+        if self._trainer is None or getattr(self.trainer.precision_plugin, "scaler", None) is None:
+            return
+        why = self.separate_optimizers_reason(forward, feedback) if self.merge_optimizers is None else None
+        why = why or "merge_optimizers is false"
+        raise ValueError(
+            f"CounterCurrent under 16-mixed needs one optimizer for both networks (Lightning updates the loss scale "
+            f"after each optimizer, which would unscale the feedback update wrongly), but {why}"
+        )
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """Resuming ``fit``: refuse optimizer states of the other layout (one optimizer or
@@ -314,11 +336,18 @@ class CounterCurrent(BioplausModule):
         states = checkpoint.get("optimizer_states")
         if not states or self._trainer is None or self.trainer.state.fn != "fit":
             return
-        expected = 1 if self.merges_optimizers(*self.network_optimizers()) else 2
+        forward, feedback = self.network_optimizers()
+        expected = 1 if self.merges_optimizers(forward, feedback) else 2
         if len(states) != expected:
+            reason = self.separate_optimizers_reason(forward, feedback) if len(states) == 1 else None
+            remedy = (
+                f"resume with the run's own optimizer settings ({reason})"
+                if reason
+                else f"resume it with --model.init_args.merge_optimizers {str(len(states) == 1).lower()}"
+            )
             raise ValueError(
                 f"the checkpoint holds {len(states)} optimizer states and this CounterCurrent has {expected} "
-                f"optimizer(s): resume it with --model.init_args.merge_optimizers {str(len(states) == 1).lower()}"
+                f"optimizer(s): {remedy}"
             )
         if expected == 2:
             for state, network in zip(states, ("forward", "feedback"), strict=True):
@@ -356,27 +385,63 @@ class CounterCurrent(BioplausModule):
 SCHEDULERS_OF_FUNCTIONS = (torch.optim.lr_scheduler.LambdaLR, torch.optim.lr_scheduler.MultiplicativeLR)
 """Schedulers whose state leaves out their functions (two of them cannot be compared)."""
 
+PROBE_STEPS = 5
+"""Scheduler steps ``schedule_mismatch`` compares the groups over."""
 
-def same_schedule(
+
+def schedule_mismatch(
     first: LRSchedulerCallable | None,
     second: LRSchedulerCallable | None,
-    first_optimizer: torch.optim.Optimizer,
-    second_optimizer: torch.optim.Optimizer,
-) -> bool:
-    """Whether two scheduler factories schedule alike (both None, or schedulers of one
-    class with the same settings): each is built on a throwaway copy of its optimizer's
-    groups (``probe_optimizer``) and their states are compared, learning rates aside."""
+    forward: torch.optim.Optimizer,
+    feedback: torch.optim.Optimizer,
+) -> str | None:
+    """Why ``first`` (the forward network's scheduler factory) cannot schedule both networks'
+    groups in one optimizer as ``first`` and ``second`` schedule them apart (None: it can).
+
+    Built on throwaway copies of the groups (``probe_optimizer``): the schedulers ``first``
+    and ``second`` make apart must be of one class with equal states (learning rates aside),
+    and over ``PROBE_STEPS`` steps the merged groups' settings (learning rate, momentum, ...)
+    must equal the separate ones'. Schedulers of functions (``LambdaLR``) are not compared."""
     if first is None or second is None:
-        return first is None and second is None
-    made = [factory(probe_optimizer(opt)) for factory, opt in ((first, first_optimizer), (second, second_optimizer))]
-    if type(made[0]) is not type(made[1]) or isinstance(made[0], SCHEDULERS_OF_FUNCTIONS):
-        return False
-    states = [{k: v for k, v in s.state_dict().items() if k not in ("base_lrs", "_last_lr")} for s in made]
-    return states[0] == states[1]
+        return None if first is None and second is None else "only one network has an LR schedule"
+    kind = type(forward)
+    probes = [
+        probe_optimizer(kind, [*forward.param_groups, *feedback.param_groups]),
+        probe_optimizer(kind, forward.param_groups),
+        probe_optimizer(kind, feedback.param_groups),
+    ]
+    try:
+        schedulers = [first(probes[0]), first(probes[1]), second(probes[2])]
+    except Exception as err:  # e.g. a per-group list argument with one entry
+        return f"the forward network's LR schedule cannot schedule both networks' groups ({err})"
+    apart = schedulers[1:]
+    if type(apart[0]) is not type(apart[1]) or isinstance(apart[0], SCHEDULERS_OF_FUNCTIONS):
+        return "the networks' LR schedules differ (or hold functions, which cannot be compared)"
+    states = [{k: v for k, v in s.state_dict().items() if k not in ("base_lrs", "_last_lr")} for s in apart]
+    if states[0] != states[1]:
+        return "the networks' LR schedules differ"
+    for _ in range(PROBE_STEPS):
+        if group_settings(probes[0]) != group_settings(probes[1]) + group_settings(probes[2]):
+            return "the networks' LR schedules differ"
+        for probe, scheduler in zip(probes, schedulers, strict=True):
+            probe.step()  # no gradients: nothing changes, but the scheduler sees a step first
+            if isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
+                scheduler.step(0.0)
+            else:
+                scheduler.step()
+    return None
 
 
-def probe_optimizer(optimizer: torch.optim.Optimizer) -> torch.optim.Optimizer:
-    """An optimizer of ``optimizer``'s class and group settings over one throwaway parameter
-    per group: a scheduler built on it leaves the real groups untouched."""
-    groups = [{**group, "params": [torch.zeros(1, requires_grad=True)]} for group in optimizer.param_groups]
-    return type(optimizer)(groups)
+def probe_optimizer(kind: type[torch.optim.Optimizer], groups: list[dict[str, Any]]) -> torch.optim.Optimizer:
+    """A ``kind`` optimizer over copies of ``groups``' settings (tensors cloned), each with one
+    throwaway 1x1 parameter: schedulers built and stepped on it leave the real groups alone."""
+    copies = [copy.deepcopy({k: v for k, v in group.items() if k != "params"}) for group in groups]
+    return kind([{**settings, "params": [torch.zeros(1, 1, requires_grad=True)]} for settings in copies])
+
+
+def group_settings(optimizer: torch.optim.Optimizer) -> list[dict[str, Any]]:
+    """Each group's settings without its parameters, tensors as Python numbers."""
+    return [
+        {k: v.tolist() if isinstance(v, Tensor) else v for k, v in group.items() if k != "params"}
+        for group in optimizer.param_groups
+    ]
