@@ -412,7 +412,11 @@ def schedule_mismatch(
     ]
     try:
         schedulers = [first(probes[0]), first(probes[1]), second(probes[2])]
-    except Exception as err:  # e.g. a per-group list argument with one entry
+    # Broad on purpose, and nothing is hidden: a factory that cannot build even apart fails again,
+    # with its own error, when configure_optimizers builds two optimizers; one that fails only on
+    # the merged groups (e.g. a per-group list argument with one entry) is a reason to keep two,
+    # and that reason, the error included, is the message under merge_optimizers: true.
+    except Exception as err:
         return f"the forward network's LR schedule cannot schedule both networks' groups ({err})"
     apart = schedulers[1:]
     if type(apart[0]) is not type(apart[1]) or isinstance(apart[0], SCHEDULERS_OF_FUNCTIONS):
