@@ -18,6 +18,7 @@ output, and under one task the gated-off units need no computation.
 from __future__ import annotations
 
 import copy
+import math
 from dataclasses import dataclass
 from itertools import pairwise
 
@@ -119,8 +120,9 @@ class CompactionReport:
     parameters: int
     """Trainable parameters of the network."""
     removable_parameters: int
-    """(iii) Parameters ``compact`` removes: whole units (linear) or channels (conv) that
-    no task uses anywhere, with the weights that read them."""
+    """(iii) Parameters ``compact`` removes: whole units (linear, and the flattened conv
+    units a linear map reads) or channels (conv) that no task uses anywhere, with the
+    weights that read them."""
 
     def __str__(self) -> str:
         kept = ", ".join(f"{1 - u / n:.1%}" for u, n in zip(self.unused_units, self.units, strict=True))
@@ -173,7 +175,7 @@ def _macs(model: GuidedLearning, gates: dict[str, Tensor] | None, rows: int) -> 
             total += (reached * outputs).flatten(1).sum(dim=1)
             active = outputs
         elif isinstance(module, TwoStreamFlatten):
-            active = active.flatten(1)
+            active = module.up(active)
     return total.cpu()
 
 
@@ -195,11 +197,10 @@ def compaction_report(model: GuidedLearning) -> CompactionReport:
     )
 
 
-def _kept_units(model: GuidedLearning) -> dict[int, Tensor]:
+def _kept_units(model: GuidedLearning, gates: dict[str, Tensor]) -> dict[int, Tensor]:
     """Per weighted map (not the head): the indices of its output units (linear) or
-    channels (conv) that some task uses somewhere; a depthwise conv keeps the channels of
-    the map below in step with its own."""
-    gates = model.task_gates()
+    channels (conv) that some task uses somewhere (``gates``: ``task_gates()``); a depthwise
+    conv keeps the channels of the map below in step with its own."""
     pairs = _weighted_and_gates(model)
     kept = {}
     for index, gate in pairs[:-1]:
@@ -220,24 +221,20 @@ def _kept_units(model: GuidedLearning) -> dict[int, Tensor]:
 
 @torch.no_grad()
 def compact(model: GuidedLearning) -> GuidedLearning:
-    """A copy of ``model`` without the units (linear) and channels (conv) that no task uses
-    anywhere, nor the weights reading them; the instruction head shrinks with the top
-    layer. Its outputs equal the original's under every task (the removed units output
-    exactly 0 under every task, in pass 1 and pass 2). The copy's ``hparams`` still
-    describe the original network: it is for inference and analysis."""
-    kept = _kept_units(model)
+    """A copy of ``model`` without the units (linear), channels (conv) and flattened conv
+    units that no task uses anywhere, nor the weights reading them; the instruction head
+    shrinks with the top layer. Its outputs equal the original's under every task (the
+    removed units output exactly 0 under every task, in pass 1 and pass 2). The copy's
+    ``hparams`` still describe the original network: it is for inference and analysis."""
+    gates = model.task_gates()
+    kept = _kept_units(model, gates)
     smaller = copy.deepcopy(model)
     modules = list(smaller.network)
     inputs: Tensor | None = None  # kept input channels / units of the next map
     head_inputs: Tensor | None = None
     for index, module in enumerate(modules):
         if isinstance(module, TwoStreamFlatten):
-            if inputs is not None:
-                _, *spatial = module.shape
-                positions = torch.tensor(spatial).prod()
-                inputs_flat = (inputs[:, None] * positions + torch.arange(positions)).flatten()
-                module.shape = (len(inputs), *spatial)
-                inputs = inputs_flat
+            inputs = _shrink_flatten(module, inputs, gates.get(str(index - 1)), smaller.instruction_task.device)
             continue
         if not isinstance(module, (TwoStreamLinear, TwoStreamConv2d)):
             continue
@@ -247,6 +244,24 @@ def compact(model: GuidedLearning) -> GuidedLearning:
     if head_inputs is not None:  # the units of h_L (flattened), where pass 1 starts
         smaller.instruction_hidden = smaller.instruction_hidden[:, head_inputs]
     return smaller
+
+
+def _shrink_flatten(
+    flatten: TwoStreamFlatten, channels: Tensor | None, gate: Tensor | None, device: torch.device
+) -> Tensor:
+    """Keep ``channels`` (None: all) of ``flatten``'s input and, of their flattened units,
+    those some task uses (``gate``: the ``(T, *shape)`` masks of its input; None: all), in
+    place; returns the kept units as indices into the original flattened units (the inputs
+    of the next map)."""
+    count, *spatial = flatten.shape
+    channels = torch.arange(count, device=device) if channels is None else channels
+    positions = math.prod(spatial)
+    units = (channels[:, None] * positions + torch.arange(positions, device=device)).flatten()
+    flatten.shape = (len(channels), *spatial)
+    if gate is None:
+        return units
+    flatten.keep = used = torch.nonzero(gate.flatten(1).amax(dim=0)[units] > 0).flatten()
+    return units[used]
 
 
 def _shrink(layer: TwoStreamLinear | TwoStreamConv2d, outputs: Tensor | None, inputs: Tensor | None) -> None:

@@ -125,6 +125,17 @@ def test_flatten_round_trip():
     torch.testing.assert_close(layer.down(layer.up(x)), x)
 
 
+def test_flatten_with_kept_units_selects_up_and_scatters_down():
+    layer = TwoStreamFlatten((2, 3, 4))
+    layer.keep = torch.tensor([0, 5, 23])
+    x, y = torch.randn(5, 2, 3, 4), torch.randn(5, 3)
+    torch.testing.assert_close(layer.up(x), x.flatten(1)[:, [0, 5, 23]])
+    expected = torch.zeros(5, 24)
+    expected[:, [0, 5, 23]] = y
+    torch.testing.assert_close(layer.down(y), expected.view(5, 2, 3, 4))
+    assert "keep" in layer.state_dict() and "keep=3 units" in repr(layer)
+
+
 @pytest.mark.parametrize("mode", WEIGHT_MODES)
 def test_mlp_streams(mode):
     net = MLP((1, 8, 8), 10, hidden=[32, 16], weight_mode=mode)

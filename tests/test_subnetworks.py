@@ -70,7 +70,11 @@ def test_compacted_network_gives_the_same_outputs_for_every_task():
     smaller = compact(model)
     conv2, fc = smaller.network[4], smaller.network[9]
     assert conv2.weight.shape[0] == CHANNELS - 1 and smaller.network[6].groups == CHANNELS - 1
-    assert fc.in_features == (CHANNELS - 1) * 9
+    # of the flattened top conv units, only those some task uses stay: fewer than the kept
+    # channels' 9 positions each, so the flatten drops units inside kept channels too
+    used = task_masks(model)[3].any(0)
+    assert fc.in_features == int(used.sum()) < (CHANNELS - 1) * 9
+    assert smaller.network[8].keep is not None and len(smaller.network[8].keep) == fc.in_features
     removed = compaction_report(model).removable_parameters
     assert sum(p.numel() for p in model.parameters()) - sum(p.numel() for p in smaller.parameters()) == removed
     x = dyadic((64, 1, 28, 28))
@@ -112,7 +116,9 @@ def test_compaction_of_a_network_whose_top_gate_is_a_conv():
         columns = model.instruction_hidden.view(5, 4, 16)[:, 1]
         columns.copy_(-columns.abs())
     smaller = compact(model.eval())
-    assert smaller.network[0].out_channels == 3 and smaller.instruction_hidden.shape == (5, 48)
+    used = task_masks(model)[0].any(0)  # (4, 4, 4): channel 1 unused, some units of the others too
+    assert not used[1].any() and int(used.sum()) < 48
+    assert smaller.network[0].out_channels == 3 and smaller.instruction_hidden.shape == (5, int(used.sum()))
     x = dyadic((16, 1, 8, 8))
     for task in range(2):
         assert torch.equal(smaller(x, task), model(x, task))

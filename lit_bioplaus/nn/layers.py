@@ -391,20 +391,28 @@ class TwoStreamConv2d(WeightedTwoStreamLayer):
 
 
 class TwoStreamFlatten(TwoStreamLayer):
-    """``up``: ``(N, *shape) -> (N, prod(shape))``; ``down`` restores ``(N, *shape)``."""
+    """``up``: ``(N, *shape) -> (N, prod(shape))``, then only the units ``keep`` (indices into
+    the flattened units; None keeps all) as ``(N, len(keep))``; ``down`` restores
+    ``(N, *shape)``, with zeros at the units not kept. ``compact`` sets ``keep`` to drop the
+    flattened units no task uses."""
 
     def __init__(self, shape: tuple[int, ...]) -> None:
         super().__init__()
         self.shape = tuple(int(s) for s in shape)
+        self.keep: Tensor | None
+        self.register_buffer("keep", None)
 
     def up(self, x: Tensor) -> Tensor:
-        return x.flatten(1)
+        x = x.flatten(1)
+        return x if self.keep is None else x.index_select(1, self.keep)
 
     def down(self, y: Tensor, use_bias: bool = True) -> Tensor:
+        if self.keep is not None:
+            y = y.new_zeros(len(y), math.prod(self.shape)).index_copy(1, self.keep, y)
         return y.unflatten(1, self.shape)
 
     def extra_repr(self) -> str:
-        return f"shape={self.shape}"
+        return f"shape={self.shape}" + ("" if self.keep is None else f", keep={len(self.keep)} units")
 
 
 class TwoStreamMaxPool2d(TwoStreamLayer):
