@@ -234,6 +234,8 @@ def compact(model: GuidedLearning) -> GuidedLearning:
     head_inputs: Tensor | None = None
     for index, module in enumerate(modules):
         if isinstance(module, TwoStreamFlatten):
+            # the gate of the flatten's input: the module before is an activation (its gate) or a map or
+            # nothing (no gate), as _weighted_and_gates admits nothing else
             inputs = _shrink_flatten(module, inputs, gates.get(str(index - 1)), smaller.instruction_task.device)
             continue
         if not isinstance(module, (TwoStreamLinear, TwoStreamConv2d)):
@@ -249,19 +251,25 @@ def compact(model: GuidedLearning) -> GuidedLearning:
 def _shrink_flatten(
     flatten: TwoStreamFlatten, channels: Tensor | None, gate: Tensor | None, device: torch.device
 ) -> Tensor:
-    """Keep ``channels`` (None: all) of ``flatten``'s input and, of their flattened units,
-    those some task uses (``gate``: the ``(T, *shape)`` masks of its input; None: all), in
-    place; returns the kept units as indices into the original flattened units (the inputs
-    of the next map)."""
+    """Keep ``channels`` (None: all) of ``flatten``'s input and, of the flattened units it
+    passes on (all, or its ``keep`` if compacted before), those in kept channels that some
+    task uses (``gate``: the ``(T, *shape)`` masks of its input; None: all), in place;
+    returns them as indices into the units it passed on before (the next map's inputs)."""
     count, *spatial = flatten.shape
-    channels = torch.arange(count, device=device) if channels is None else channels
     positions = math.prod(spatial)
-    units = (channels[:, None] * positions + torch.arange(positions, device=device)).flatten()
-    flatten.shape = (len(channels), *spatial)
-    if gate is None:
-        return units
-    flatten.keep = used = torch.nonzero(gate.flatten(1).amax(dim=0)[units] > 0).flatten()
-    return units[used]
+    passed = torch.arange(count * positions, device=device) if flatten.keep is None else flatten.keep
+    renumbered = torch.full((count,), -1, dtype=torch.long, device=device)  # old channel -> new, -1: removed
+    kept_channels = torch.arange(count, device=device) if channels is None else channels
+    renumbered[kept_channels] = torch.arange(len(kept_channels), device=device)
+    channel = renumbered[passed // positions]
+    used = channel >= 0
+    if gate is not None:
+        used &= gate.flatten(1).amax(dim=0)[passed] > 0
+    columns = torch.nonzero(used).flatten()
+    keep = channel[columns] * positions + passed[columns] % positions
+    flatten.shape = (len(kept_channels), *spatial)
+    flatten.keep = None if len(keep) == len(kept_channels) * positions else keep
+    return columns
 
 
 def _shrink(layer: TwoStreamLinear | TwoStreamConv2d, outputs: Tensor | None, inputs: Tensor | None) -> None:

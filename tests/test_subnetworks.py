@@ -85,6 +85,17 @@ def test_compacted_network_gives_the_same_outputs_for_every_task():
         assert output.abs().max() > 1 and torch.equal(smaller(x, task), output)
 
 
+def test_compacting_a_compacted_network_removes_nothing_more():
+    smaller = compact(make_model())
+    again = compact(smaller)
+    assert compaction_report(smaller).removable_parameters == 0
+    assert torch.equal(again.network[8].keep, smaller.network[8].keep)
+    assert [p.shape for p in again.parameters()] == [p.shape for p in smaller.parameters()]
+    x = dyadic((16, 1, 28, 28))
+    for task in range(2):
+        assert torch.equal(again(x, task), smaller(x, task))
+
+
 def test_subnetwork_monitor_logs_scalars_and_a_heat_map(tmp_path):
     model = make_model(None).float()
     images = torch.randn(16, 1, 28, 28)
@@ -120,5 +131,7 @@ def test_compaction_of_a_network_whose_top_gate_is_a_conv():
     assert not used[1].any() and int(used.sum()) < 48
     assert smaller.network[0].out_channels == 3 and smaller.instruction_hidden.shape == (5, int(used.sum()))
     x = dyadic((16, 1, 8, 8))
+    again = compact(smaller)
+    assert again.instruction_hidden.shape == smaller.instruction_hidden.shape
     for task in range(2):
-        assert torch.equal(smaller(x, task), model(x, task))
+        assert torch.equal(smaller(x, task), model(x, task)) and torch.equal(again(x, task), model(x, task))
