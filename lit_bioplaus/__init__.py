@@ -10,6 +10,10 @@ from lit_bioplaus.algorithms import (
     GuidedBackProp,
     GuidedCounterHebb,
 )
+from lit_bioplaus.cuda_probe import skip_unloadable_nvml_check
+
+# After Lightning's import (by the rules above), which turns the NVML-based check on.
+skip_unloadable_nvml_check()
 
 __all__ = [
     "BackProp",
