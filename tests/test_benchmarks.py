@@ -86,6 +86,16 @@ def test_ccl_table_runs_every_column(capsys):
     rows = [line for line in out.splitlines() if line.startswith("| CCL") or line.startswith("| CH")]
     assert [row.split(" | ")[0] for row in rows] == ["| CCL", "| CH sym", "| CH asym"]
     assert rows[0].count(" - ") == 0 and rows[1].count(" - ") == 4  # plain CCL, two optimizers: CCL rows only
+    assert "Lightning floor ms (f)" in out and all(row.count("|") == 13 for row in rows)
+
+
+def test_lightning_floor_is_a_fit_of_a_module_that_does_nothing():
+    module = step_time.EmptyModule()
+    loader = step_time.make_loader(4, 12)
+    assert step_time.lightning_ms_per_step(module, 4, 2, 1, progress_bar=False, loader=loader) > 0
+    assert torch.equal(module.weight, torch.zeros(1))
+    assert step_time.loader_ms_per_step(loader, 2, 1) > 0
+    assert math.isfinite(step_time.lightning_floor_ms(4, 2, 1))
 
 
 @pytest.mark.parametrize("rule", ["CCL", "CH asym"])
