@@ -295,11 +295,12 @@ def loader_ms_per_step(loader: DataLoader, steps: int, warmup: int) -> float:
     return (time.perf_counter() - start) / steps * 1e3
 
 
-def lightning_floor_ms(batch_size: int, steps: int, warmup: int) -> float:
-    """Lightning's own cost per training step (f): ``EmptyModule`` through ``Trainer.fit`` less a
-    bare pass over the same DataLoader (``make_loader``), in milliseconds."""
+def lightning_floor_ms(batch_size: int, steps: int, warmup: int, progress_bar: bool = False) -> float:
+    """Lightning's own cost per training step (f): ``EmptyModule`` through ``Trainer.fit`` (with
+    the progress bar if ``progress_bar``, as the modules' column) less a bare pass over the same
+    DataLoader (``make_loader``), in milliseconds."""
     loader = make_loader(batch_size, batch_size * (warmup + steps))
-    fit = lightning_ms_per_step(EmptyModule(), batch_size, steps, warmup, progress_bar=False, loader=loader)
+    fit = lightning_ms_per_step(EmptyModule(), batch_size, steps, warmup, progress_bar, loader=loader)
     return fit - loader_ms_per_step(loader, steps, warmup)
 
 
@@ -579,7 +580,7 @@ def print_ccl_table(args: argparse.Namespace) -> None:
             measures[f"{rule} b"] = partial(_bare_ms_of_rule, rule, *timing)
         measures["CCL a2"] = partial(_lightning_ms_of_rule, "CCL", *timing, args.progress_bar, merge_optimizers=False)
         measures["CCL c"] = partial(plain_ccl_ms_per_step, *timing)
-        measures["floor"] = partial(lightning_floor_ms, *timing)
+        measures["floor"] = partial(lightning_floor_ms, *timing, args.progress_bar)
         if args.compile:  # the warm-up steps hold the compilation (about 20 s a model)
             measures["CCL a*"] = partial(_lightning_ms_of_rule, "CCL", *timing, args.progress_bar, True)
         medians = median_ms_round_robin(measures, args.repeats)
