@@ -203,6 +203,21 @@ def _lightning_ms_of_rule(
     return lightning_ms_per_step(make_model(algorithm, compile, **options), batch_size, steps, warmup, progress_bar)
 
 
+def loop_ms_per_step(
+    loader: DataLoader, steps: int, warmup: int, step: Callable[[Tensor, Tensor], object] | None = None
+) -> float:
+    """Milliseconds per batch of a plain Python loop over ``loader`` calling ``step(x,
+    target)`` on each batch (nothing when None: the bare pass over the data), ``warmup``
+    untimed batches first."""
+    start = 0.0
+    for index, (x, target) in enumerate(loader):
+        if index == warmup:
+            start = time.perf_counter()
+        if step is not None:
+            step(x, target)
+    return (time.perf_counter() - start) / steps * 1e3
+
+
 def plain_ms_per_step(batch_size: int, steps: int, warmup: int) -> float:
     """BP in a plain PyTorch loop: the BP module's network and loss, its own Adam and a
     torchmetrics accuracy (``update`` only)."""
@@ -210,17 +225,16 @@ def plain_ms_per_step(batch_size: int, steps: int, warmup: int) -> float:
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-4)
     accuracy = MulticlassAccuracy(NUM_CLASSES, average="micro", validate_args=False)
     model.train()
-    start = 0.0
-    for step, (x, target) in enumerate(make_loader(batch_size, batch_size * (warmup + steps))):
-        if step == warmup:
-            start = time.perf_counter()
+
+    def step(x: Tensor, target: Tensor) -> None:
         optimizer.zero_grad()
         logits = model(x)
         loss = model.loss(logits, target)
         loss.backward()
         optimizer.step()
         accuracy.update(logits.detach(), target)
-    return (time.perf_counter() - start) / steps * 1e3
+
+    return loop_ms_per_step(make_loader(batch_size, batch_size * (warmup + steps)), steps, warmup, step)
 
 
 # --- (b) the module's own step, without Lightning ---------------------------------------------
@@ -257,12 +271,7 @@ def bare_ms_per_step(model: BioplausModule, batch_size: int, steps: int, warmup:
     optimizers = module_optimizers(model)
     model.train()
     loader = make_loader(batch_size, batch_size * (warmup + steps), model.input_shape, model.num_classes)
-    start = 0.0
-    for step, (x, target) in enumerate(loader):
-        if step == warmup:
-            start = time.perf_counter()
-        bare_step(model, optimizers, x, target)
-    return (time.perf_counter() - start) / steps * 1e3
+    return loop_ms_per_step(loader, steps, warmup, partial(bare_step, model, optimizers))
 
 
 def _bare_ms_of_rule(algorithm: str, batch_size: int, steps: int, warmup: int) -> float:
@@ -286,22 +295,13 @@ class EmptyModule(L.LightningModule):
         return torch.optim.SGD(self.parameters(), lr=0.0)
 
 
-def loader_ms_per_step(loader: DataLoader, steps: int, warmup: int) -> float:
-    """Milliseconds per batch of a bare pass over ``loader``, ``warmup`` untimed batches first."""
-    start = 0.0
-    for step, _ in enumerate(loader):
-        if step == warmup:
-            start = time.perf_counter()
-    return (time.perf_counter() - start) / steps * 1e3
-
-
 def lightning_floor_ms(batch_size: int, steps: int, warmup: int, progress_bar: bool = False) -> float:
     """Lightning's own cost per training step (f): ``EmptyModule`` through ``Trainer.fit`` (with
     the progress bar if ``progress_bar``, as the modules' column) less a bare pass over the same
     DataLoader (``make_loader``), in milliseconds."""
     loader = make_loader(batch_size, batch_size * (warmup + steps))
     fit = lightning_ms_per_step(EmptyModule(), batch_size, steps, warmup, progress_bar, loader=loader)
-    return fit - loader_ms_per_step(loader, steps, warmup)
+    return fit - loop_ms_per_step(loader, steps, warmup)
 
 
 # --- (c) Counter-Current learning as the official code writes it ------------------------------
@@ -403,12 +403,8 @@ def plain_ccl_ms_per_step(batch_size: int, steps: int, warmup: int) -> float:
     net = PlainCCLMLP.copy_of(make_ccl_model())
     optimizers = plain_ccl_optimizers(net)
     net.train()
-    start = 0.0
-    for step, (x, target) in enumerate(make_loader(batch_size, batch_size * (warmup + steps))):
-        if step == warmup:
-            start = time.perf_counter()
-        plain_ccl_step(net, *optimizers, x, target)
-    return (time.perf_counter() - start) / steps * 1e3
+    loader = make_loader(batch_size, batch_size * (warmup + steps))
+    return loop_ms_per_step(loader, steps, warmup, partial(plain_ccl_step, net, *optimizers))
 
 
 def median_ms_round_robin(measures: dict[str, Callable[[], float]], repeats: int) -> dict[str, float]:

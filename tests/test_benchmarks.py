@@ -94,7 +94,7 @@ def test_lightning_floor_is_a_fit_of_a_module_that_does_nothing():
     loader = step_time.make_loader(4, 12)
     assert step_time.lightning_ms_per_step(module, 4, 2, 1, progress_bar=False, loader=loader) > 0
     assert torch.equal(module.weight, torch.zeros(1))
-    assert step_time.loader_ms_per_step(loader, 2, 1) > 0
+    assert step_time.loop_ms_per_step(loader, 2, 1) > 0
     assert math.isfinite(step_time.lightning_floor_ms(4, 2, 1))
 
 
